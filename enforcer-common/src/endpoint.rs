@@ -1,0 +1,45 @@
+//! `ENDPOINTS` values: what the datapath knows about one pod interface.
+
+use core::mem::size_of;
+
+use crate::Mode;
+
+/// The value of `ENDPOINTS[ifindex]`, ifindex being the host side of the pod's veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Stable id of the endpoint on this node; keys conntrack and deny entries.
+    pub endpoint_id: u32,
+    /// Security identity of the pod (0 = not yet known). Filled by the policy compiler.
+    pub identity: u32,
+    /// Bumped by user space whenever the endpoint's rules or mode change: connections judged
+    /// under an older revision are judged again on their next packet.
+    pub policy_revision: u32,
+    /// A [`Mode`] value.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    /// The pod's IPv4 address, network byte order (0.0.0.0 = none).
+    pub ipv4: [u8; 4],
+    /// The pod's IPv6 address, network byte order (:: = none).
+    pub ipv6: [u8; 16],
+}
+
+const _: () = assert!(size_of::<EndpointInfo>() == 36);
+
+impl EndpointInfo {
+    pub const fn new(endpoint_id: u32, mode: Mode) -> Self {
+        Self {
+            endpoint_id,
+            identity: 0,
+            policy_revision: 0,
+            mode: mode as u8,
+            _pad: [0; 3],
+            ipv4: [0; 4],
+            ipv6: [0; 16],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, no implicit padding (checked by the size assertion above).
+unsafe impl aya::Pod for EndpointInfo {}
