@@ -1,7 +1,8 @@
 //! `DENY`: the first enforcement primitive, a per-endpoint list of denied peers.
 //!
-//! A connection is looked up twice when it is created: with its protocol and server port,
-//! then with protocol 0 and port 0 (the whole peer). The identity-based `POLICY` map of a
+//! A new connection is looked up with its protocol and server port, then with its protocol
+//! and port 0 (every port), then with protocol 0 and port 0 (the whole peer): at most three
+//! hash lookups, and only for the first packet of a connection. The identity-based `POLICY` map of a
 //! later revision replaces this map behind the same verdict path.
 
 use core::mem::size_of;
@@ -36,8 +37,13 @@ impl DenyKey {
         }
     }
 
-    /// The same peer, any protocol and port.
+    /// The same peer and protocol, every port.
     pub const fn any_port(&self) -> Self {
+        Self::new(self.endpoint, self.peer_addr, self.protocol, 0)
+    }
+
+    /// The same peer, every protocol and port.
+    pub const fn any_protocol(&self) -> Self {
         Self::new(self.endpoint, self.peer_addr, 0, 0)
     }
 }

@@ -201,7 +201,12 @@ fn judge(mode: Mode, deny: &DenyKey) -> (Verdict, u32) {
         return (Verdict::Allow, 0);
     }
     // SAFETY: plain-data value copied out at once.
-    let hit = unsafe { DENY.get(deny).or_else(|| DENY.get(&deny.any_port())) }.copied();
+    let hit = unsafe {
+        DENY.get(deny)
+            .or_else(|| DENY.get(&deny.any_port()))
+            .or_else(|| DENY.get(&deny.any_protocol()))
+    }
+    .copied();
     match (hit, mode) {
         (None, _) => (Verdict::Allow, 0),
         (Some(rule), Mode::Enforce) => (Verdict::Deny, rule.rule_id),

@@ -1,1 +1,23 @@
+//! Palisade's node agent: loads the kernel programs with aya, attaches them to pod
+//! interfaces, keeps them pinned so enforcement outlives the agent, and turns the kernel's
+//! events into flow records. Also hosts the lab, which builds a node out of network
+//! namespaces to run all of it on one machine.
+//!
+//! # Layout
+//! - [`datapath`]: everything that touches aya: the embedded object, install and pins,
+//!   attach/detach, the maps behind small traits, events, uninstall.
+//! - [`agent`]: the long-running agent: install, attach, stream flow records.
+//! - [`names`]: interface/address -> pod names, written by whoever creates endpoints.
+//! - [`netns`]: entering named network namespaces.
+//! - [`lab`]: `palisade lab`: topology files, namespaces and veths, pod servers, probes.
+//! - [`paths`]: default locations (bpffs root, run folder).
+//! - [`error`]: the library's error type.
+pub mod agent;
+pub mod datapath;
+pub mod error;
+// LAB pub mod lab;
+pub mod names;
+pub mod netns;
+pub mod paths;
 
+pub use error::{Error, Result};

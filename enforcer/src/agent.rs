@@ -1,0 +1,149 @@
+//! The long-running agent: install the datapath, attach the given endpoints, then stream
+//! flow records (one per new connection per endpoint, plus periodic conntrack counters)
+//! until told to stop. Stopping leaves every program, link and map pinned: enforcement
+//! never depends on the agent being up.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use enforcer_common::conntrack::ConntrackKey;
+use model::FlowRecord;
+use tracing::{info, warn};
+
+use crate::{
+    datapath::{self, EndpointSpec, Pins, events::EventReader, records::Namer, stats},
+    error::{Error, Result},
+    names::Names,
+};
+
+pub struct AgentConfig {
+    pub pins: Pins,
+    /// Endpoints to attach at start (more can be attached later with `palisade attach`).
+    pub endpoints: Vec<EndpointSpec>,
+    /// Names of pods and hosts, re-read when the file changes.
+    pub names_file: Option<PathBuf>,
+    /// Created once the datapath is installed and the endpoints attached.
+    pub ready_file: Option<PathBuf>,
+    /// How often to export counters of live connections (None = never).
+    pub stats_interval: Option<Duration>,
+}
+
+/// Run until `shutdown` completes, writing JSON lines of [`FlowRecord`] to `out`.
+pub async fn run(
+    config: AgentConfig,
+    mut out: impl Write,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let installed = datapath::install(&config.pins)?;
+    // The maps and programs are pinned; the loader's own handles are not needed.
+    drop(installed);
+    for spec in &config.endpoints {
+        datapath::attach(&config.pins, spec)?;
+    }
+    let mut reader = EventReader::open(&config.pins)?;
+    let mut names = NamesFile::new(config.names_file);
+    let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
+    if let Some(ready) = &config.ready_file {
+        std::fs::write(ready, b"ready\n").map_err(|source| Error::Io {
+            path: ready.clone(),
+            source,
+        })?;
+    }
+    info!(endpoints = config.endpoints.len(), "agent running");
+
+    let mut exported: HashMap<ConntrackKey, u64> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.stats_interval.unwrap_or(Duration::MAX));
+    ticker.tick().await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            batch = reader.next_batch() => {
+                if let Some(fresh) = names.load_if_changed() {
+                    namer.names = fresh;
+                }
+                for ev in batch? {
+                    match namer.event(&ev) {
+                        Ok(record) => write_record(&mut out, &record)?,
+                        Err(e) => warn!(error = %e, "skipping event"),
+                    }
+                }
+                out.flush().map_err(stdout_error)?;
+            }
+            _ = ticker.tick(), if config.stats_interval.is_some() => {
+                export_stats(&config.pins, &mut namer, &mut exported, &mut out)?;
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    info!("agent stopping; enforcement stays pinned");
+    Ok(())
+}
+
+/// Write a stats record for every connection that saw packets since the last export.
+fn export_stats(
+    pins: &Pins,
+    namer: &mut Namer,
+    exported: &mut HashMap<ConntrackKey, u64>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let entries = stats::conntrack(pins)?;
+    let mut seen = HashMap::with_capacity(entries.len());
+    for (key, value) in &entries {
+        seen.insert(*key, value.last_seen_ns);
+        if exported.get(key) == Some(&value.last_seen_ns) {
+            continue;
+        }
+        match namer.conntrack(key.endpoint, key, value) {
+            Ok(record) => write_record(out, &record)?,
+            Err(e) => warn!(error = %e, "skipping conntrack entry"),
+        }
+    }
+    *exported = seen;
+    out.flush().map_err(stdout_error)
+}
+
+fn write_record(out: &mut impl Write, record: &FlowRecord) -> Result<()> {
+    serde_json::to_writer(&mut *out, record).map_err(|e| stdout_error(e.into()))?;
+    out.write_all(b"\n").map_err(stdout_error)
+}
+
+fn stdout_error(source: std::io::Error) -> Error {
+    Error::Io {
+        path: "flow output".into(),
+        source,
+    }
+}
+
+/// The names file, re-read only when its modification time changes.
+struct NamesFile {
+    path: Option<PathBuf>,
+    seen: Option<SystemTime>,
+}
+
+impl NamesFile {
+    fn new(path: Option<PathBuf>) -> Self {
+        Self { path, seen: None }
+    }
+
+    fn load_if_changed(&mut self) -> Option<Names> {
+        let path = self.path.as_ref()?;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        if self.seen == Some(modified) {
+            return None;
+        }
+        match Names::load(path) {
+            Ok(names) => {
+                self.seen = Some(modified);
+                Some(names)
+            }
+            Err(e) => {
+                warn!(error = %e, "keeping the previous names");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Everything that touches aya: the embedded kernel object, installing and pinning it,
+//! attaching it to pod interfaces, the maps (behind small traits), events and uninstall.
+//!
+//! What is pinned under [`Pins`] is the enforcement: the agent stopping, crashing or being
+//! upgraded never removes it; only [`uninstall`] does.
+//!
+//! # Layout
+//! - [`object`]: the kernel object built by `build.rs` and embedded in the binary.
+//! - [`pins`]: the versioned bpffs layout (`<root>/v1/{maps,progs,links}`).
+//! - [`install`]: loading the object, reusing pinned maps, pinning programs, upgrading links.
+//! - [`attach`]: attaching and detaching one endpoint (TCX links, pinned).
+//! - [`tables`]: the `ENDPOINTS` and `DENY` maps behind traits, with in-memory twins.
+//! - [`rules`]: deny-rule edits and endpoint registration, written once over the traits.
+//! - [`records`]: kernel events and conntrack entries -> `model::FlowRecord` (the one place).
+//! - [`events`]: reading the ring buffer.
+//! - [`stats`]: conntrack dumps and per-CPU counters.
+//! - [`uninstall`]: removing everything Palisade pinned.
+pub mod attach;
+pub mod events;
+pub mod install;
+pub mod object;
+pub mod pins;
+pub mod records;
+pub mod rules;
+pub mod stats;
+pub mod tables;
+pub mod uninstall;
+
+pub use attach::{EndpointSpec, attach, detach};
+pub use install::{Installed, install};
+pub use pins::Pins;
+pub use uninstall::uninstall;

@@ -1,0 +1,259 @@
+//! Kernel events and conntrack entries -> [`model::FlowRecord`]: the one place where the
+//! kernel's numbers become the names people and the learner read.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
+
+use enforcer_common::{
+    self as abi,
+    conntrack::{ConntrackKey, ConntrackValue},
+    event::{EventKind, FlowEvent},
+};
+use model::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Verdict};
+use nix::time::{ClockId, clock_gettime};
+
+use super::rules::ip_from_kernel;
+use crate::names::Names;
+
+/// A field the kernel wrote that this agent does not understand (a newer datapath?).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {field} value {value} in a kernel record")]
+pub struct DecodeError {
+    pub field: &'static str,
+    pub value: u8,
+}
+
+/// Converts the kernel's monotonic timestamps (`bpf_ktime_get_ns`) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero, in nanoseconds since the epoch.
+    boot_wall_ns: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mono = clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+            i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+        });
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Self {
+            boot_wall_ns: wall - mono,
+        }
+    }
+
+    /// Monotonic nanoseconds -> wall-clock time.
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        let ns = (self.boot_wall_ns + i128::from(mono_ns)).max(0);
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+
+    /// Monotonic nanoseconds -> RFC 3339 with milliseconds.
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        humantime::format_rfc3339_millis(self.wall(mono_ns)).to_string()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a record needs besides the kernel's numbers: time, interface and pod names.
+pub struct Namer {
+    pub clock: Clock,
+    pub names: Names,
+    interfaces: HashMap<u32, String>,
+}
+
+impl Namer {
+    pub fn new(names: Names) -> Self {
+        Self {
+            clock: Clock::new(),
+            names,
+            interfaces: HashMap::new(),
+        }
+    }
+
+    /// The interface's name in this thread's namespace (cached; `if<N>` once it is gone).
+    pub fn interface(&mut self, ifindex: u32) -> String {
+        self.interfaces
+            .entry(ifindex)
+            .or_insert_with(|| {
+                nix::net::if_::if_indextoname(ifindex)
+                    .ok()
+                    .and_then(|n| n.into_string().ok())
+                    .unwrap_or_else(|| format!("if{ifindex}"))
+            })
+            .clone()
+    }
+
+    fn peer(&self, addr: &abi::addr::Addr, port: u16, interface: Option<&str>) -> Peer {
+        let ip = ip_from_kernel(addr);
+        let pod = interface
+            .and_then(|i| self.names.interfaces.get(i))
+            .or_else(|| self.names.addresses.get(&ip))
+            .cloned();
+        Peer { ip, port, pod }
+    }
+
+    /// A ring-buffer event as a flow record.
+    pub fn event(&mut self, ev: &FlowEvent) -> Result<FlowRecord, DecodeError> {
+        let interface = self.interface(ev.ifindex);
+        let kind = match EventKind::from_u8(ev.kind) {
+            Some(EventKind::NewConnection) => FlowKind::New,
+            Some(EventKind::Rejudged) => FlowKind::Rejudged,
+            None => return Err(bad("kind", ev.kind)),
+        };
+        Ok(FlowRecord {
+            time: self.clock.rfc3339(ev.timestamp_ns),
+            kind,
+            local: self.peer(&ev.pod_addr, ev.pod_port, Some(&interface)),
+            remote: self.peer(&ev.peer_addr, ev.peer_port, None),
+            interface,
+            ifindex: ev.ifindex,
+            endpoint: ev.endpoint,
+            direction: direction(ev.direction)?,
+            protocol: Protocol::from_number(ev.protocol),
+            verdict: verdict(ev.verdict)?,
+            mode: mode(ev.mode)?,
+            rule: (ev.rule_id != 0).then_some(ev.rule_id),
+            counters: None,
+        })
+    }
+
+    /// A conntrack entry (on the endpoint of `ifindex`) as a flow record with counters.
+    pub fn conntrack(
+        &mut self,
+        ifindex: u32,
+        key: &ConntrackKey,
+        value: &ConntrackValue,
+    ) -> Result<FlowRecord, DecodeError> {
+        let interface = self.interface(ifindex);
+        Ok(FlowRecord {
+            time: self.clock.rfc3339(value.last_seen_ns),
+            kind: FlowKind::Stats,
+            local: self.peer(&key.pod_addr, key.pod_port, Some(&interface)),
+            remote: self.peer(&key.peer_addr, key.peer_port, None),
+            interface,
+            ifindex,
+            endpoint: key.endpoint,
+            direction: direction(value.direction)?,
+            protocol: Protocol::from_number(key.protocol),
+            verdict: verdict(value.verdict)?,
+            mode: mode(value.mode)?,
+            rule: (value.rule_id != 0).then_some(value.rule_id),
+            counters: Some(Counters {
+                packets_from_pod: value.packets_from_pod,
+                bytes_from_pod: value.bytes_from_pod,
+                packets_to_pod: value.packets_to_pod,
+                bytes_to_pod: value.bytes_to_pod,
+            }),
+        })
+    }
+}
+
+fn bad(field: &'static str, value: u8) -> DecodeError {
+    DecodeError { field, value }
+}
+
+fn direction(v: u8) -> Result<Direction, DecodeError> {
+    match abi::Direction::from_u8(v) {
+        Some(abi::Direction::Egress) => Ok(Direction::Egress),
+        Some(abi::Direction::Ingress) => Ok(Direction::Ingress),
+        None => Err(bad("direction", v)),
+    }
+}
+
+fn verdict(v: u8) -> Result<Verdict, DecodeError> {
+    match abi::Verdict::from_u8(v) {
+        Some(abi::Verdict::Allow) => Ok(Verdict::Allow),
+        Some(abi::Verdict::Deny) => Ok(Verdict::Deny),
+        Some(abi::Verdict::WouldDeny) => Ok(Verdict::WouldDeny),
+        None => Err(bad("verdict", v)),
+    }
+}
+
+fn mode(v: u8) -> Result<Mode, DecodeError> {
+    match abi::Mode::from_u8(v) {
+        Some(abi::Mode::Learn) => Ok(Mode::Learn),
+        Some(abi::Mode::Monitor) => Ok(Mode::Monitor),
+        Some(abi::Mode::Enforce) => Ok(Mode::Enforce),
+        None => Err(bad("mode", v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::rules::kernel_addr;
+
+    fn event() -> FlowEvent {
+        FlowEvent {
+            timestamp_ns: 5_000_000_000,
+            endpoint: 9,
+            ifindex: 9,
+            pod_addr: kernel_addr("10.244.0.2".parse().unwrap()),
+            peer_addr: kernel_addr("203.0.113.10".parse().unwrap()),
+            pod_port: 40_000,
+            peer_port: 443,
+            protocol: abi::proto::TCP,
+            family: 4,
+            direction: abi::Direction::Egress as u8,
+            verdict: abi::Verdict::Deny as u8,
+            mode: abi::Mode::Enforce as u8,
+            kind: EventKind::NewConnection as u8,
+            _pad: [0; 2],
+            rule_id: 3,
+            packet_len: 74,
+            _pad2: [0; 4],
+        }
+    }
+
+    fn namer() -> Namer {
+        let mut names = Names::default();
+        names
+            .addresses
+            .insert("10.244.0.2".parse().unwrap(), "shop/frontend-0".into());
+        names
+            .addresses
+            .insert("203.0.113.10".parse().unwrap(), "payments-api".into());
+        Namer::new(names)
+    }
+
+    #[test]
+    fn events_become_named_records() {
+        let r = namer().event(&event()).unwrap();
+        assert_eq!(r.kind, FlowKind::New);
+        assert_eq!(r.direction, Direction::Egress);
+        assert_eq!(r.verdict, Verdict::Deny);
+        assert_eq!(r.protocol, Protocol::Tcp);
+        assert_eq!(r.local.ip.to_string(), "10.244.0.2");
+        assert_eq!(r.local.pod.as_deref(), Some("shop/frontend-0"));
+        assert_eq!(r.remote.pod.as_deref(), Some("payments-api"));
+        assert_eq!(r.server_port(), Some(443));
+        assert_eq!(r.rule, Some(3));
+    }
+
+    #[test]
+    fn unknown_kernel_values_are_reported_not_guessed() {
+        let mut ev = event();
+        ev.verdict = 77;
+        assert_eq!(namer().event(&ev).unwrap_err(), bad("verdict", 77));
+    }
+
+    #[test]
+    fn monotonic_time_maps_to_wall_time() {
+        let clock = Clock::new();
+        let mono_now = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap();
+        let mono_ns = mono_now.tv_sec() as u64 * 1_000_000_000 + mono_now.tv_nsec() as u64;
+        let skew = SystemTime::now()
+            .duration_since(clock.wall(mono_ns))
+            .unwrap_or_default();
+        assert!(skew < Duration::from_secs(1), "{skew:?}");
+    }
+}

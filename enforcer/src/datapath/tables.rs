@@ -1,0 +1,130 @@
+//! The maps user space edits, behind one small trait: the agent uses the pinned maps, unit
+//! tests an in-memory twin, and the rules in [`super::rules`] are written once for both.
+
+use std::{collections::HashMap, hash::Hash, path::Path};
+
+use aya::{
+    Pod,
+    maps::{Map, MapData, MapError},
+};
+use enforcer_common::{
+    deny::{DenyKey, DenyValue},
+    endpoint::EndpointInfo,
+    maps,
+};
+
+use super::Pins;
+use crate::error::{Error, Result};
+
+/// A key-value table: a pinned BPF hash map or its in-memory twin.
+pub trait Table<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>>;
+    fn set(&mut self, key: K, value: V) -> Result<()>;
+    /// Remove `key`; `false` when it was not there.
+    fn remove(&mut self, key: &K) -> Result<bool>;
+    fn entries(&self) -> Result<Vec<(K, V)>>;
+}
+
+/// `ENDPOINTS`: ifindex -> endpoint.
+pub type Endpoints = PinnedTable<u32, EndpointInfo>;
+/// `DENY`: peer (+ protocol and server port) -> rule.
+pub type Denies = PinnedTable<DenyKey, DenyValue>;
+
+/// A pinned BPF hash map, opened by path.
+pub struct PinnedTable<K, V> {
+    name: &'static str,
+    map: aya::maps::HashMap<MapData, K, V>,
+}
+
+impl<K: Pod, V: Pod> PinnedTable<K, V> {
+    pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
+        pins.require_installed()?;
+        Self::open_path(&pins.map(name), name)
+    }
+
+    fn open_path(path: &Path, name: &'static str) -> Result<Self> {
+        let err = |action: &str, source: MapError| Error::Map {
+            map: name,
+            action: format!("{action} {}", path.display()),
+            source: Box::new(source),
+        };
+        let data = MapData::from_pin(path).map_err(|e| err("opening", e))?;
+        let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|e| err("typing", e))?;
+        Ok(Self { name, map })
+    }
+
+    fn error(&self, action: &str, source: MapError) -> Error {
+        Error::Map {
+            map: self.name,
+            action: action.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl Endpoints {
+    pub fn open_endpoints(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::ENDPOINTS)
+    }
+}
+
+impl Denies {
+    pub fn open_denies(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::DENY)
+    }
+}
+
+impl<K: Pod, V: Pod> Table<K, V> for PinnedTable<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        match self.map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(self.error("lookup", e)),
+        }
+    }
+
+    fn set(&mut self, key: K, value: V) -> Result<()> {
+        self.map
+            .insert(key, value, 0)
+            .map_err(|e| self.error("update", e))
+    }
+
+    fn remove(&mut self, key: &K) -> Result<bool> {
+        match self.map.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(self.error("delete", e)),
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<(K, V)>> {
+        self.map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error("iterate", e))
+    }
+}
+
+/// The in-memory twin, for tests of code that edits tables.
+#[derive(Debug, Default)]
+pub struct MemTable<K, V>(pub HashMap<K, V>);
+
+impl<K: Hash + Eq + Copy, V: Copy> Table<K, V> for MemTable<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        Ok(self.0.get(key).copied())
+    }
+
+    fn set(&mut self, key: K, value: V) -> Result<()> {
+        self.0.insert(key, value);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &K) -> Result<bool> {
+        Ok(self.0.remove(key).is_some())
+    }
+
+    fn entries(&self) -> Result<Vec<(K, V)>> {
+        Ok(self.0.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}

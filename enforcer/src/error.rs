@@ -1,0 +1,81 @@
+//! Errors of the agent library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the agent library, with the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot enter network namespace {netns:?}")]
+    Netns {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("interface {interface:?} not found")]
+    NoSuchInterface {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("loading the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+
+    #[error("eBPF program {program}: {action}")]
+    Program {
+        program: &'static str,
+        action: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    #[error("attaching {program} to {interface:?} (ifindex {ifindex})")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        ifindex: u32,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    #[error("map {map}: {action}")]
+    Map {
+        map: &'static str,
+        action: String,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+
+    #[error("bpffs pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("no Palisade datapath is installed under {path} (start `palisade agent` first)")]
+    NotInstalled { path: PathBuf },
+
+    #[error("interface {interface:?} is not a Palisade endpoint")]
+    NotAnEndpoint { interface: String },
+
+    #[error("invalid rule for the endpoint on ifindex {ifindex}")]
+    InvalidRule {
+        ifindex: u32,
+        #[source]
+        source: crate::datapath::rules::InvalidRule,
+    },
+
+    #[error("attaching needs TCX (Linux >= 6.6); this kernel is {kernel}")]
+    TcxUnsupported { kernel: String },
+
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

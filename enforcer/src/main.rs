@@ -1,0 +1,373 @@
+//! `palisade`: the node agent and its tools, and the lab.
+
+use std::{
+    io::IsTerminal as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use enforcer::{
+    agent::{self, AgentConfig},
+    datapath::{
+        self, EndpointSpec, Pins,
+        records::Namer,
+        rules::{self, DenyRule},
+        stats,
+        tables::{Denies, Endpoints},
+    },
+    names::Names, netns, paths,
+};
+use model::{Mode, Protocol};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "Learn, review and enforce pod network policy in the kernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the datapath lives: the node's network namespace and the bpffs pin folder.
+#[derive(Args, Clone)]
+struct Node {
+    /// Network namespace (under /run/netns) holding the pod interfaces; default: this one.
+    #[arg(long, global = true, env = "PALISADE_NETNS")]
+    netns: Option<String>,
+    /// bpffs folder for Palisade's pins.
+    #[arg(long, global = true, env = "PALISADE_BPFFS_ROOT", default_value = paths::BPFFS_ROOT)]
+    bpffs_root: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the datapath, attach endpoints and print flows as JSON lines.
+    Agent {
+        #[command(flatten)]
+        node: Node,
+        /// Pod interface (host side of its veth) to attach at start; repeatable.
+        #[arg(long = "iface")]
+        interfaces: Vec<String>,
+        /// Mode of the endpoints attached at start.
+        #[arg(long, env = "PALISADE_MODE", value_enum, default_value_t = ModeArg::Enforce)]
+        mode: ModeArg,
+        /// JSON file naming interfaces and addresses (re-read when it changes).
+        #[arg(long, env = "PALISADE_NAMES")]
+        names: Option<PathBuf>,
+        /// Append flow records here instead of standard output.
+        #[arg(long, env = "PALISADE_OUTPUT")]
+        output: Option<PathBuf>,
+        /// Created once the datapath is installed and the endpoints attached.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Export counters of live connections this often (e.g. 10s; 0 = never).
+        #[arg(long, env = "PALISADE_STATS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+        stats_interval: Duration,
+    },
+    /// Attach the datapath to one more pod interface (the agent must have installed it).
+    Attach {
+        #[command(flatten)]
+        node: Node,
+        #[arg(long = "iface")]
+        interface: String,
+        #[arg(long)]
+        ipv4: Option<Ipv4Addr>,
+        #[arg(long)]
+        ipv6: Option<Ipv6Addr>,
+        #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
+        mode: ModeArg,
+    },
+    /// Detach the datapath from a pod interface and forget its rules.
+    Detach {
+        #[command(flatten)]
+        node: Node,
+        #[arg(long = "iface")]
+        interface: String,
+    },
+    /// Change an endpoint's mode; its live connections are judged again.
+    Mode {
+        #[command(flatten)]
+        node: Node,
+        #[arg(long = "iface")]
+        interface: String,
+        #[arg(value_enum)]
+        mode: ModeArg,
+    },
+    /// Deny rules: the first enforcement primitive (peer, optionally protocol and port).
+    Deny {
+        #[command(subcommand)]
+        action: DenyAction,
+    },
+    /// Live connections with their counters.
+    Conntrack {
+        #[command(flatten)]
+        node: Node,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The datapath's counters, summed over CPUs.
+    Counters {
+        #[command(flatten)]
+        node: Node,
+    },
+    /// Remove every program, link and map Palisade pinned. Stop the agent first.
+    Uninstall {
+        #[command(flatten)]
+        node: Node,
+    },
+}
+
+#[derive(Subcommand)]
+enum DenyAction {
+    /// Add (or replace) a rule; live connections it matches are judged again.
+    Add {
+        #[command(flatten)]
+        rule: DenyArgs,
+        /// Reported with every verdict this rule causes.
+        #[arg(long, default_value_t = 1)]
+        rule_id: u32,
+    },
+    /// Remove a rule.
+    Remove {
+        #[command(flatten)]
+        rule: DenyArgs,
+    },
+    /// The rules of one endpoint.
+    List {
+        #[command(flatten)]
+        node: Node,
+        #[arg(long = "iface")]
+        interface: String,
+    },
+}
+
+#[derive(Args)]
+struct DenyArgs {
+    #[command(flatten)]
+    node: Node,
+    #[arg(long = "iface")]
+    interface: String,
+    #[arg(long)]
+    peer: IpAddr,
+    /// tcp, udp, sctp, icmp, icmpv6; omitted = every protocol.
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Option<Protocol>,
+    /// Server port (needs --protocol); omitted = every port.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Learn,
+    Monitor,
+    Enforce,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Learn => Mode::Learn,
+            ModeArg::Monitor => Mode::Monitor,
+            ModeArg::Enforce => Mode::Enforce,
+        }
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "sctp" => Ok(Protocol::Sctp),
+        "icmp" => Ok(Protocol::Icmp),
+        "icmpv6" => Ok(Protocol::Icmpv6),
+        other => Err(format!("unknown protocol {other:?} (tcp, udp, sctp, icmp, icmpv6)")),
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent {
+            node,
+            interfaces,
+            mode,
+            names,
+            output,
+            ready_file,
+            stats_interval,
+        } => {
+            let pins = enter(&node)?;
+            let config = AgentConfig {
+                pins,
+                endpoints: interfaces
+                    .into_iter()
+                    .map(|interface| EndpointSpec {
+                        interface,
+                        ipv4: None,
+                        ipv6: None,
+                        mode: mode.into(),
+                    })
+                    .collect(),
+                names_file: names,
+                ready_file,
+                stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
+            };
+            run_agent(config, output)
+        }
+        Command::Attach {
+            node,
+            interface,
+            ipv4,
+            ipv6,
+            mode,
+        } => {
+            let pins = enter(&node)?;
+            let spec = EndpointSpec {
+                interface,
+                ipv4,
+                ipv6,
+                mode: mode.into(),
+            };
+            datapath::attach(&pins, &spec)?;
+            Ok(())
+        }
+        Command::Detach { node, interface } => Ok(datapath::detach(&enter(&node)?, &interface)?),
+        Command::Mode {
+            node,
+            interface,
+            mode,
+        } => {
+            let pins = enter(&node)?;
+            let ifindex = datapath::attach::ifindex_of(&interface)?;
+            rules::set_mode(&mut Endpoints::open_endpoints(&pins)?, ifindex, mode.into())?;
+            Ok(())
+        }
+        Command::Deny { action } => deny(action),
+        Command::Conntrack { node, json } => conntrack(&enter(&node)?, json),
+        Command::Counters { node } => {
+            for (counter, value) in stats::counters(&enter(&node)?)? {
+                println!("{:<16} {value}", counter.name());
+            }
+            Ok(())
+        }
+        Command::Uninstall { node } => {
+            let removed = datapath::uninstall(&enter(&node)?)?;
+            println!(
+                "removed {} links and {} pins under {}",
+                removed.links,
+                removed.pins,
+                node.bpffs_root.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Enter the node's namespace (before any thread starts) and name its pins.
+fn enter(node: &Node) -> Result<Pins> {
+    if let Some(ns) = &node.netns {
+        netns::enter(ns)?;
+    }
+    Ok(Pins::new(&node.bpffs_root))
+}
+
+fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
+    let out: Box<dyn std::io::Write> = match &output {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        agent::run(config, out, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn deny(action: DenyAction) -> Result<()> {
+    let (args, rule_id, add) = match action {
+        DenyAction::List { node, interface } => {
+            let pins = enter(&node)?;
+            let ifindex = datapath::attach::ifindex_of(&interface)?;
+            let endpoints = Endpoints::open_endpoints(&pins)?;
+            for r in rules::denies_of(&endpoints, &Denies::open_denies(&pins)?, ifindex)? {
+                let protocol = r.protocol.map_or("any".to_owned(), |p| p.to_string());
+                let port = r.port.map_or("any".to_owned(), |p| p.to_string());
+                println!("{:<40} {protocol:<7} {port:<6} rule {}", r.peer, r.rule_id);
+            }
+            return Ok(());
+        }
+        DenyAction::Add { rule, rule_id } => (rule, rule_id, true),
+        DenyAction::Remove { rule } => (rule, 0, false),
+    };
+    let pins = enter(&args.node)?;
+    let ifindex = datapath::attach::ifindex_of(&args.interface)?;
+    let rule = DenyRule {
+        peer: args.peer,
+        protocol: args.protocol,
+        port: args.port,
+        rule_id,
+    };
+    let mut endpoints = Endpoints::open_endpoints(&pins)?;
+    let mut denies = Denies::open_denies(&pins)?;
+    if add {
+        rules::add_deny(&mut endpoints, &mut denies, ifindex, &rule)?;
+    } else if !rules::remove_deny(&mut endpoints, &mut denies, ifindex, &rule)? {
+        anyhow::bail!("no such rule on {}", args.interface);
+    }
+    Ok(())
+}
+
+fn conntrack(pins: &Pins, json: bool) -> Result<()> {
+    let mut namer = Namer::new(Names::default());
+    for (key, value) in stats::conntrack(pins)? {
+        let record = namer.conntrack(key.endpoint, &key, &value)?;
+        if json {
+            println!("{}", serde_json::to_string(&record)?);
+        } else {
+            let c = record.counters.unwrap_or_default();
+            println!(
+                "{:<10} {:<7} {:<8} {}:{} -> {}:{} {:?} tx {}p/{}B rx {}p/{}B",
+                record.interface,
+                record.protocol,
+                format!("{:?}", record.direction).to_lowercase(),
+                record.local.ip,
+                record.local.port,
+                record.remote.ip,
+                record.remote.port,
+                record.verdict,
+                c.packets_from_pod,
+                c.bytes_from_pod,
+                c.packets_to_pod,
+                c.bytes_to_pod,
+            );
+        }
+    }
+    Ok(())
+}
