@@ -10,7 +10,7 @@ set -euo pipefail
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 NIGHTLY=nightly
-APT_PACKAGES=(iproute2 iputils-ping util-linux procps)
+APT_PACKAGES=(iproute2 iputils-ping nftables util-linux procps)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

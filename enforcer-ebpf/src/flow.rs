@@ -75,3 +75,76 @@ pub fn deny_key(key: &ConntrackKey, direction: Direction) -> DenyKey {
         server_port(key, direction),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::addr::from_ipv4;
+
+    use super::*;
+    use crate::parse::Fragment;
+
+    const POD: [u8; 4] = [10, 244, 0, 2];
+    const PEER: [u8; 4] = [10, 244, 0, 3];
+
+    fn packet(from_pod: bool, protocol: u8, ports: (u16, u16), flags: u8) -> Parsed {
+        let (src, dst) = if from_pod { (POD, PEER) } else { (PEER, POD) };
+        Parsed {
+            family: 4,
+            protocol,
+            src: from_ipv4(src),
+            dst: from_ipv4(dst),
+            src_port: ports.0,
+            dst_port: ports.1,
+            tcp_flags: flags,
+            fragment: Fragment::None,
+        }
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_share_one_key() {
+        let syn = packet(true, proto::TCP, (40000, 80), tcp_flags::SYN);
+        let syn_ack = packet(false, proto::TCP, (80, 40000), tcp_flags::SYN | tcp_flags::ACK);
+        let out = conntrack_key(7, &syn, Hook::FromPod);
+        assert_eq!(out, conntrack_key(7, &syn_ack, Hook::ToPod));
+        assert_eq!((out.pod_port, out.peer_port), (40000, 80));
+        assert_eq!(out.pod_addr, from_ipv4(POD));
+    }
+
+    #[test]
+    fn each_endpoint_keys_its_own_entry() {
+        // The same packet leaves pod A (endpoint 7) and reaches pod B (endpoint 8).
+        let p = packet(true, proto::UDP, (5000, 53), 0);
+        let a = conntrack_key(7, &p, Hook::FromPod);
+        let b = conntrack_key(8, &p, Hook::ToPod);
+        assert_ne!(a, b);
+        assert_eq!(a.pod_addr, b.peer_addr);
+        assert_eq!(opener(&p, Hook::FromPod), Direction::Egress);
+        assert_eq!(opener(&p, Hook::ToPod), Direction::Ingress);
+    }
+
+    #[test]
+    fn a_syn_ack_seen_first_means_the_receiver_opened() {
+        let syn_ack = packet(false, proto::TCP, (80, 40000), tcp_flags::SYN | tcp_flags::ACK);
+        assert_eq!(opener(&syn_ack, Hook::ToPod), Direction::Egress);
+        let key = conntrack_key(7, &syn_ack, Hook::ToPod);
+        assert_eq!(server_port(&key, Direction::Egress), 80);
+    }
+
+    #[test]
+    fn deny_keys_name_the_server_port_in_both_directions() {
+        let out = packet(true, proto::TCP, (40000, 443), tcp_flags::SYN);
+        let key = conntrack_key(7, &out, Hook::FromPod);
+        assert_eq!(deny_key(&key, Direction::Egress).server_port, 443);
+        let inbound = packet(false, proto::TCP, (51000, 8080), tcp_flags::SYN);
+        let key = conntrack_key(7, &inbound, Hook::ToPod);
+        assert_eq!(deny_key(&key, Direction::Ingress).server_port, 8080);
+        assert_eq!(deny_key(&key, Direction::Ingress).peer_addr, from_ipv4(PEER));
+    }
+
+    #[test]
+    fn icmp_has_no_server_port() {
+        let echo = packet(true, proto::ICMP, (77, 0), 0);
+        let key = conntrack_key(7, &echo, Hook::FromPod);
+        assert_eq!(deny_key(&key, Direction::Egress).server_port, 0);
+    }
+}

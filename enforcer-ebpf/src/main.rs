@@ -77,7 +77,7 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff; the verifier rewrites the read.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a plain-data value copied out at once; user space updates entries whole.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
         count(Counter::NotAnEndpoint);
         return Ok(tc_action::NEXT);
     };
@@ -102,7 +102,7 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(ctx.len());
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: the pointer into the map value stays valid for this program run; counters
         // are updated atomically, the rest is last-writer-wins like any conntrack.
         let entry = unsafe { &mut *entry };
@@ -188,7 +188,7 @@ fn new_connection(
         _pad: [0; 4],
     };
     // On failure (map error) the connection is still judged; it is judged again next packet.
-    let _ = CONNTRACK.insert(key, &value, 0);
+    let _ = CONNTRACK.insert(key, value, 0);
     count(Counter::Connections);
     emit(ctx, EventKind::NewConnection, key, p.family, direction, verdict, mode, rule_id);
     act(verdict)
@@ -203,8 +203,8 @@ fn judge(mode: Mode, deny: &DenyKey) -> (Verdict, u32) {
     // SAFETY: plain-data value copied out at once.
     let hit = unsafe {
         DENY.get(deny)
-            .or_else(|| DENY.get(&deny.any_port()))
-            .or_else(|| DENY.get(&deny.any_protocol()))
+            .or_else(|| DENY.get(deny.any_port()))
+            .or_else(|| DENY.get(deny.any_protocol()))
     }
     .copied();
     match (hit, mode) {

@@ -248,3 +248,256 @@ fn transport<P: Packet + ?Sized>(
     }
     Some(Classified::Ip(parsed))
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Builds frames the way a NIC would hand them to TC.
+    #[derive(Clone, Debug)]
+    struct Frame {
+        vlans: usize,
+        l3: Vec<u8>,
+        ethertype: u16,
+    }
+
+    impl Frame {
+        fn bytes(&self) -> Vec<u8> {
+            let mut f = Vec::new();
+            f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+            for _ in 0..self.vlans {
+                f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+                f.extend_from_slice(&[0x00, 0x64]);
+            }
+            f.extend_from_slice(&self.ethertype.to_be_bytes());
+            f.extend_from_slice(&self.l3);
+            f
+        }
+    }
+
+    fn ipv4(protocol: u8, options: usize, frag: u16, l4: &[u8]) -> Frame {
+        let ihl = 5 + options / 4;
+        let mut h = std::vec![0u8; ihl * 4];
+        h[0] = 0x40 | ihl as u8;
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[8] = 64;
+        h[9] = protocol;
+        h[12..16].copy_from_slice(&[10, 244, 0, 2]);
+        h[16..20].copy_from_slice(&[203, 0, 113, 10]);
+        h.extend_from_slice(l4);
+        Frame {
+            vlans: 0,
+            l3: h,
+            ethertype: ETH_P_IP,
+        }
+    }
+
+    /// IPv6 with the given extension headers (next-header value, total length in bytes).
+    fn ipv6(ext: &[(u8, usize)], protocol: u8, l4: &[u8]) -> Frame {
+        let mut h = std::vec![0u8; 40];
+        h[0] = 0x60;
+        h[6] = ext.first().map_or(protocol, |e| e.0);
+        h[7] = 64;
+        h[8] = 0xfd;
+        h[23] = 2;
+        h[24] = 0x20;
+        h[25] = 0x01;
+        h[26] = 0x0d;
+        h[27] = 0xb8;
+        h[39] = 10;
+        for (i, &(kind, len)) in ext.iter().enumerate() {
+            let next = ext.get(i + 1).map_or(protocol, |e| e.0);
+            let mut e = std::vec![0u8; len];
+            e[0] = next;
+            e[1] = match kind {
+                NEXTHDR_AUTH => (len / 4 - 2) as u8,
+                NEXTHDR_FRAGMENT => 0,
+                _ => (len / 8 - 1) as u8,
+            };
+            h.extend_from_slice(&e);
+        }
+        h.extend_from_slice(l4);
+        Frame {
+            vlans: 0,
+            l3: h,
+            ethertype: ETH_P_IPV6,
+        }
+    }
+
+    fn tcp(src: u16, dst: u16, flags: u8) -> Vec<u8> {
+        let mut h = std::vec![0u8; 20];
+        h[0..2].copy_from_slice(&src.to_be_bytes());
+        h[2..4].copy_from_slice(&dst.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = flags;
+        h
+    }
+
+    fn udp(src: u16, dst: u16) -> Vec<u8> {
+        let mut h = std::vec![0u8; 8];
+        h[0..2].copy_from_slice(&src.to_be_bytes());
+        h[2..4].copy_from_slice(&dst.to_be_bytes());
+        h
+    }
+
+    fn icmp(kind: u8, id: u16) -> Vec<u8> {
+        let mut h = std::vec![0u8; 8];
+        h[0] = kind;
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        h
+    }
+
+    fn ip(frame: &Frame) -> Parsed {
+        match parse(frame.bytes().as_slice()) {
+            Outcome::Ip(p) => p,
+            other => panic!("{other:?} for {frame:?}"),
+        }
+    }
+
+    #[test]
+    fn tcp_over_ipv4() {
+        let p = ip(&ipv4(proto::TCP, 0, 0, &tcp(40000, 80, 0x02)));
+        assert_eq!(p.family, 4);
+        assert_eq!((p.src_port, p.dst_port, p.tcp_flags), (40000, 80, 0x02));
+        assert_eq!(p.src, from_ipv4([10, 244, 0, 2]));
+        assert_eq!(p.dst, from_ipv4([203, 0, 113, 10]));
+        assert_eq!(p.fragment, Fragment::None);
+    }
+
+    #[test]
+    fn ipv4_options_move_the_transport_header() {
+        let p = ip(&ipv4(proto::UDP, 12, 0, &udp(5353, 53)));
+        assert_eq!((p.src_port, p.dst_port), (5353, 53));
+    }
+
+    #[test]
+    fn vlan_tags_are_skipped() {
+        for vlans in 1..=2 {
+            let mut f = ipv4(proto::UDP, 0, 0, &udp(1, 2));
+            f.vlans = vlans;
+            assert_eq!(ip(&f).dst_port, 2);
+        }
+        let mut three = ipv4(proto::UDP, 0, 0, &udp(1, 2));
+        three.vlans = 3;
+        assert_eq!(parse(three.bytes().as_slice()), Outcome::Unclassified);
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let first = ip(&ipv4(proto::UDP, 0, 0x2000, &udp(1000, 2000)));
+        assert_eq!(first.fragment, Fragment::First);
+        assert_eq!(first.dst_port, 2000);
+        let later = ip(&ipv4(proto::UDP, 0, 185, &[0xaa; 8]));
+        assert_eq!(later.fragment, Fragment::Later);
+        assert_eq!((later.src_port, later.dst_port), (0, 0), "no ports in later fragments");
+    }
+
+    #[test]
+    fn icmp_echo_ids_sit_on_the_requesters_side() {
+        let req = ip(&ipv4(proto::ICMP, 0, 0, &icmp(ICMP_ECHO_REQUEST, 77)));
+        assert_eq!((req.src_port, req.dst_port), (77, 0));
+        let reply = ip(&ipv4(proto::ICMP, 0, 0, &icmp(ICMP_ECHO_REPLY, 77)));
+        assert_eq!((reply.src_port, reply.dst_port), (0, 77));
+        let unreachable = ip(&ipv4(proto::ICMP, 0, 0, &icmp(3, 77)));
+        assert_eq!((unreachable.src_port, unreachable.dst_port), (0, 0));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_followed() {
+        let chain = [(NEXTHDR_HOP, 8), (NEXTHDR_DEST, 16), (NEXTHDR_ROUTING, 24), (NEXTHDR_AUTH, 16)];
+        let p = ip(&ipv6(&chain, proto::TCP, &tcp(1234, 443, 0x12)));
+        assert_eq!(p.family, 6);
+        assert_eq!(p.protocol, proto::TCP);
+        assert_eq!((p.src_port, p.dst_port, p.tcp_flags), (1234, 443, 0x12));
+        assert_eq!(p.dst[..4], [0x20, 0x01, 0x0d, 0xb8]);
+    }
+
+    #[test]
+    fn ipv6_fragment_header() {
+        let mut frag = ipv6(&[(NEXTHDR_FRAGMENT, 8)], proto::UDP, &udp(7, 8));
+        // First fragment: offset 0, M flag set.
+        frag.l3[40 + 3] = 1;
+        let first = ip(&frag);
+        assert_eq!((first.fragment, first.dst_port), (Fragment::First, 8));
+        // Later fragment: offset 16 (in 8-byte units, shifted by 3).
+        frag.l3[40 + 2] = 0;
+        frag.l3[40 + 3] = 16 << 3;
+        assert_eq!(ip(&frag).fragment, Fragment::Later);
+    }
+
+    #[test]
+    fn an_endless_extension_chain_is_unclassified() {
+        let chain = [(NEXTHDR_DEST, 8); MAX_IPV6_EXT_HEADERS + 1];
+        let f = ipv6(&chain, proto::TCP, &tcp(1, 2, 0));
+        assert_eq!(parse(f.bytes().as_slice()), Outcome::Unclassified);
+    }
+
+    #[test]
+    fn neighbour_discovery_and_arp_are_recognised() {
+        let ns = ipv6(&[], proto::ICMPV6, &icmp(135, 0));
+        assert_eq!(parse(ns.bytes().as_slice()), Outcome::NeighbourDiscovery);
+        let echo = ip(&ipv6(&[], proto::ICMPV6, &icmp(ICMPV6_ECHO_REQUEST, 9)));
+        assert_eq!(echo.src_port, 9);
+        let arp = Frame {
+            vlans: 0,
+            l3: std::vec![0; 28],
+            ethertype: ETH_P_ARP,
+        };
+        assert_eq!(parse(arp.bytes().as_slice()), Outcome::Arp);
+    }
+
+    #[test]
+    fn truncated_or_foreign_frames_are_unclassified() {
+        let full = ipv4(proto::TCP, 0, 0, &tcp(1, 2, 0)).bytes();
+        for len in [0, 13, 14, 33, 34 + 13] {
+            assert_eq!(parse(&full[..len]), Outcome::Unclassified, "len {len}");
+        }
+        let mut bad_version = ipv4(proto::TCP, 0, 0, &tcp(1, 2, 0));
+        bad_version.l3[0] = 0x65;
+        assert_eq!(parse(bad_version.bytes().as_slice()), Outcome::Unclassified);
+        let lldp = Frame {
+            vlans: 0,
+            l3: std::vec![0; 40],
+            ethertype: 0x88cc,
+        };
+        assert_eq!(parse(lldp.bytes().as_slice()), Outcome::Unclassified);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(bytes.as_slice());
+        }
+
+        #[test]
+        fn ports_and_flags_survive_any_ipv4_layout(
+            src in any::<u16>(), dst in any::<u16>(), flags in any::<u8>(),
+            options in 0usize..=10, vlans in 0usize..=2,
+        ) {
+            let mut f = ipv4(proto::TCP, options * 4, 0, &tcp(src, dst, flags));
+            f.vlans = vlans;
+            let p = ip(&f);
+            prop_assert_eq!((p.src_port, p.dst_port, p.tcp_flags), (src, dst, flags));
+        }
+
+        #[test]
+        fn ports_survive_any_ipv6_chain(
+            src in any::<u16>(), dst in any::<u16>(),
+            chain in proptest::collection::vec(
+                prop_oneof![
+                    Just((NEXTHDR_HOP, 8)), Just((NEXTHDR_DEST, 24)),
+                    Just((NEXTHDR_ROUTING, 16)), Just((NEXTHDR_AUTH, 12)),
+                ],
+                0..=MAX_IPV6_EXT_HEADERS,
+            ),
+        ) {
+            let p = ip(&ipv6(&chain, proto::UDP, &udp(src, dst)));
+            prop_assert_eq!((p.protocol, p.src_port, p.dst_port), (proto::UDP, src, dst));
+        }
+    }
+}

@@ -107,8 +107,14 @@ impl<K: Pod, V: Pod> Table<K, V> for PinnedTable<K, V> {
 }
 
 /// The in-memory twin, for tests of code that edits tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemTable<K, V>(pub HashMap<K, V>);
+
+impl<K, V> Default for MemTable<K, V> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
 
 impl<K: Hash + Eq + Copy, V: Copy> Table<K, V> for MemTable<K, V> {
     fn get(&self, key: &K) -> Result<Option<V>> {
