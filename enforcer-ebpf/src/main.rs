@@ -61,13 +61,18 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     }
 }
 
-/// Packet bytes read with `bpf_skb_load_bytes`, which bounds-checks at run time and so
-/// keeps variable header offsets (IPv4 options, IPv6 extension headers) verifier-friendly.
+/// Packet bytes, read directly from the linear part of the skb (no helper call) and with
+/// `bpf_skb_load_bytes` for anything beyond it (headers in paged data).
 struct Skb<'a>(&'a TcContext);
 
 impl Packet for Skb<'_> {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        if start + offset + N <= self.0.data_end() {
+            // SAFETY: bounds-checked against data_end just above (the verifier checks too).
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
         self.0.load::<[u8; N]>(offset).ok()
     }
 }
