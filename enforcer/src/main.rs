@@ -2,7 +2,7 @@
 
 use std::{
     io::IsTerminal as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -353,15 +353,13 @@ fn conntrack(pins: &Pins, json: bool) -> Result<()> {
         } else {
             let c = record.counters.unwrap_or_default();
             println!(
-                "{:<10} {:<7} {:<8} {}:{} -> {}:{} {:?} tx {}p/{}B rx {}p/{}B",
+                "{:<12} {:<6} {:<7} {:>28} -> {:<28} {:<10} tx {}p/{}B rx {}p/{}B",
                 record.interface,
                 record.protocol,
                 format!("{:?}", record.direction).to_lowercase(),
-                record.local.ip,
-                record.local.port,
-                record.remote.ip,
-                record.remote.port,
-                record.verdict,
+                SocketAddr::new(record.local.ip, record.local.port).to_string(),
+                SocketAddr::new(record.remote.ip, record.remote.port).to_string(),
+                format!("{:?}", record.verdict).to_lowercase(),
                 c.packets_from_pod,
                 c.bytes_from_pod,
                 c.packets_to_pod,

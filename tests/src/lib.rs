@@ -45,3 +45,5 @@ pub fn palisade_bin() -> PathBuf {
     );
     bin
 }
+
+pub mod agent;
