@@ -198,11 +198,20 @@ mod tests {
     #[test]
     fn lifetimes_follow_state() {
         let tcp = crate::proto::TCP;
-        assert_eq!(value(tcp_state::SYN_FROM_POD, 0).lifetime_ns(tcp), lifetime::TCP_SYN);
+        assert_eq!(
+            value(tcp_state::SYN_FROM_POD, 0).lifetime_ns(tcp),
+            lifetime::TCP_SYN
+        );
         let est = tcp_state::SYN_FROM_POD | tcp_state::SYN_FROM_PEER;
         assert_eq!(value(est, 0).lifetime_ns(tcp), lifetime::TCP_ESTABLISHED);
-        assert_eq!(value(est | tcp_state::RST, 0).lifetime_ns(tcp), lifetime::TCP_CLOSING);
-        assert_eq!(value(0, 0).lifetime_ns(crate::proto::UDP), lifetime::NON_TCP);
+        assert_eq!(
+            value(est | tcp_state::RST, 0).lifetime_ns(tcp),
+            lifetime::TCP_CLOSING
+        );
+        assert_eq!(
+            value(0, 0).lifetime_ns(crate::proto::UDP),
+            lifetime::NON_TCP
+        );
     }
 
     #[test]
@@ -220,6 +229,9 @@ mod tests {
         assert!(closing.reopened_by(tcp_flags::SYN));
         assert!(!closing.reopened_by(tcp_flags::SYN | tcp_flags::ACK));
         let handshake = value(tcp_state::SYN_FROM_POD, 0);
-        assert!(!handshake.reopened_by(tcp_flags::SYN), "a retransmitted SYN");
+        assert!(
+            !handshake.reopened_by(tcp_flags::SYN),
+            "a retransmitted SYN"
+        );
     }
 }

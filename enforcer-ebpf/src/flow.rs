@@ -103,7 +103,12 @@ mod tests {
     #[test]
     fn both_directions_of_a_connection_share_one_key() {
         let syn = packet(true, proto::TCP, (40000, 80), tcp_flags::SYN);
-        let syn_ack = packet(false, proto::TCP, (80, 40000), tcp_flags::SYN | tcp_flags::ACK);
+        let syn_ack = packet(
+            false,
+            proto::TCP,
+            (80, 40000),
+            tcp_flags::SYN | tcp_flags::ACK,
+        );
         let out = conntrack_key(7, &syn, Hook::FromPod);
         assert_eq!(out, conntrack_key(7, &syn_ack, Hook::ToPod));
         assert_eq!((out.pod_port, out.peer_port), (40000, 80));
@@ -124,7 +129,12 @@ mod tests {
 
     #[test]
     fn a_syn_ack_seen_first_means_the_receiver_opened() {
-        let syn_ack = packet(false, proto::TCP, (80, 40000), tcp_flags::SYN | tcp_flags::ACK);
+        let syn_ack = packet(
+            false,
+            proto::TCP,
+            (80, 40000),
+            tcp_flags::SYN | tcp_flags::ACK,
+        );
         assert_eq!(opener(&syn_ack, Hook::ToPod), Direction::Egress);
         let key = conntrack_key(7, &syn_ack, Hook::ToPod);
         assert_eq!(server_port(&key, Direction::Egress), 80);
@@ -138,7 +148,10 @@ mod tests {
         let inbound = packet(false, proto::TCP, (51000, 8080), tcp_flags::SYN);
         let key = conntrack_key(7, &inbound, Hook::ToPod);
         assert_eq!(deny_key(&key, Direction::Ingress).server_port, 8080);
-        assert_eq!(deny_key(&key, Direction::Ingress).peer_addr, from_ipv4(PEER));
+        assert_eq!(
+            deny_key(&key, Direction::Ingress).peer_addr,
+            from_ipv4(PEER)
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@
 // The BPF target has atomic add but no compare-and-swap, so core's `AtomicU64::fetch_add`
 // is not offered there; the intrinsic lowers to BPF's atomic add instruction.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic add, see above"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic add, see above")
+)]
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -95,7 +98,11 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
         Outcome::Unclassified => {
             count(Counter::Unclassified);
             // Never let what we cannot read through an enforcing endpoint.
-            return Ok(act(if mode == Mode::Enforce { Verdict::Deny } else { Verdict::Allow }));
+            return Ok(act(if mode == Mode::Enforce {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            }));
         }
     };
     if p.fragment == Fragment::Later {
@@ -121,7 +128,10 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined hot path; a struct costs stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path; a struct costs stack"
+)]
 fn existing(
     ctx: &TcContext,
     ep: &EndpointInfo,
@@ -152,14 +162,26 @@ fn existing(
         entry.mode = mode as u8;
         entry.policy_revision = ep.policy_revision;
         if changed {
-            emit(ctx, EventKind::Rejudged, key, p.family, direction, verdict, mode, rule_id);
+            emit(
+                ctx,
+                EventKind::Rejudged,
+                key,
+                p.family,
+                direction,
+                verdict,
+                mode,
+                rule_id,
+            );
         }
     }
     act(Verdict::from_u8(entry.verdict).unwrap_or(Verdict::Deny))
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined hot path; a struct costs stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path; a struct costs stack"
+)]
 fn new_connection(
     ctx: &TcContext,
     ep: &EndpointInfo,
@@ -195,7 +217,16 @@ fn new_connection(
     // On failure (map error) the connection is still judged; it is judged again next packet.
     let _ = CONNTRACK.insert(key, value, 0);
     count(Counter::Connections);
-    emit(ctx, EventKind::NewConnection, key, p.family, direction, verdict, mode, rule_id);
+    emit(
+        ctx,
+        EventKind::NewConnection,
+        key,
+        p.family,
+        direction,
+        verdict,
+        mode,
+        rule_id,
+    );
     act(verdict)
 }
 

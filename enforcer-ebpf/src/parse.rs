@@ -394,7 +394,11 @@ mod tests {
         assert_eq!(first.dst_port, 2000);
         let later = ip(&ipv4(proto::UDP, 0, 185, &[0xaa; 8]));
         assert_eq!(later.fragment, Fragment::Later);
-        assert_eq!((later.src_port, later.dst_port), (0, 0), "no ports in later fragments");
+        assert_eq!(
+            (later.src_port, later.dst_port),
+            (0, 0),
+            "no ports in later fragments"
+        );
     }
 
     #[test]
@@ -409,7 +413,12 @@ mod tests {
 
     #[test]
     fn ipv6_extension_headers_are_followed() {
-        let chain = [(NEXTHDR_HOP, 8), (NEXTHDR_DEST, 16), (NEXTHDR_ROUTING, 24), (NEXTHDR_AUTH, 16)];
+        let chain = [
+            (NEXTHDR_HOP, 8),
+            (NEXTHDR_DEST, 16),
+            (NEXTHDR_ROUTING, 24),
+            (NEXTHDR_AUTH, 16),
+        ];
         let p = ip(&ipv6(&chain, proto::TCP, &tcp(1234, 443, 0x12)));
         assert_eq!(p.family, 6);
         assert_eq!(p.protocol, proto::TCP);

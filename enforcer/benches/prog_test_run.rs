@@ -54,7 +54,10 @@ fn run(pins: &Pins) -> Result<()> {
     let pod = [10, 244, 0, 2];
     let peer = [10, 244, 0, 3];
     run_once(prog_fd(&from_pod)?, &tcp_frame(pod, peer, 40000, 80, SYN))?;
-    run_once(prog_fd(&to_pod)?, &tcp_frame(peer, pod, 80, 40000, SYN | ACK))?;
+    run_once(
+        prog_fd(&to_pod)?,
+        &tcp_frame(peer, pod, 80, 40000, SYN | ACK),
+    )?;
     let out = tcp_frame(pod, peer, 40000, 80, ACK);
     let back = tcp_frame(peer, pod, 80, 40000, ACK);
     assert_eq!(out.len(), 64);
@@ -67,7 +70,10 @@ fn run(pins: &Pins) -> Result<()> {
         ("to_pod,   established", prog_fd(&to_pod)?, &back),
     ] {
         let ns = measure(fd, frame)?;
-        println!("  {name:<26} {ns:>6.1} ns  (+{:.1} ns over empty)", ns - floor);
+        println!(
+            "  {name:<26} {ns:>6.1} ns  (+{:.1} ns over empty)",
+            ns - floor
+        );
     }
     Ok(())
 }
@@ -198,7 +204,10 @@ fn load_empty_program() -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        bail!("loading the empty program: {}", std::io::Error::last_os_error());
+        bail!(
+            "loading the empty program: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: the kernel returned a fresh descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

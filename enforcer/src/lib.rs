@@ -15,7 +15,7 @@
 pub mod agent;
 pub mod datapath;
 pub mod error;
-// LAB pub mod lab;
+pub mod lab;
 pub mod names;
 pub mod netns;
 pub mod paths;

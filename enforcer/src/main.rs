@@ -18,13 +18,19 @@ use enforcer::{
         stats,
         tables::{Denies, Endpoints},
     },
-    names::Names, netns, paths,
+    lab,
+    names::Names,
+    netns, paths,
 };
 use model::{Mode, Protocol};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "Learn, review and enforce pod network policy in the kernel")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Learn, review and enforce pod network policy in the kernel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,6 +124,14 @@ enum Command {
         #[command(flatten)]
         node: Node,
     },
+    /// Run Palisade on one machine: pods as network namespaces wired like a node.
+    Lab {
+        /// Lab name: keeps several labs apart (namespaces, interfaces, pins, state).
+        #[arg(long, global = true, env = "PALISADE_LAB", default_value = "lab")]
+        name: String,
+        #[command(subcommand)]
+        command: lab::cli::LabCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,18 +198,28 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "sctp" => Ok(Protocol::Sctp),
         "icmp" => Ok(Protocol::Icmp),
         "icmpv6" => Ok(Protocol::Icmpv6),
-        other => Err(format!("unknown protocol {other:?} (tcp, udp, sctp, icmp, icmpv6)")),
+        other => Err(format!(
+            "unknown protocol {other:?} (tcp, udp, sctp, icmp, icmpv6)"
+        )),
     }
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The lab prints its own progress; the library's logs would only repeat it.
+    let default_filter = match cli.command {
+        Command::Lab { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Lab { name, command } => lab::cli::run(&name, command),
         Command::Agent {
             node,
             interfaces,
@@ -282,14 +306,16 @@ fn enter(node: &Node) -> Result<Pins> {
 
 fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
     let out: Box<dyn std::io::Write> = match &output {
-        Some(path) => Box::new(
+        // Buffered: the agent flushes once per batch of events, so readers of the file see
+        // whole lines far more often than torn ones.
+        Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

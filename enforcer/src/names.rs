@@ -53,7 +53,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("names.json");
         let mut names = Names::default();
-        names.interfaces.insert("pl-t-1".into(), "shop/api-0".into());
+        names
+            .interfaces
+            .insert("pl-t-1".into(), "shop/api-0".into());
         names
             .addresses
             .insert("10.244.0.2".parse().unwrap(), "shop/api-0".into());

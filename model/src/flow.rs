@@ -194,7 +194,10 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""direction":"egress""#), "{json}");
         assert!(json.contains(r#""protocol":"tcp""#), "{json}");
-        assert!(!json.contains("counters"), "absent counters are omitted: {json}");
+        assert!(
+            !json.contains("counters"),
+            "absent counters are omitted: {json}"
+        );
         assert_eq!(serde_json::from_str::<FlowRecord>(&json).unwrap(), r);
     }
 
@@ -202,15 +205,27 @@ mod tests {
     fn unknown_protocols_keep_their_number() {
         let json = serde_json::to_string(&Protocol::Other(47)).unwrap();
         assert_eq!(json, "47");
-        assert_eq!(serde_json::from_str::<Protocol>("47").unwrap(), Protocol::Other(47));
+        assert_eq!(
+            serde_json::from_str::<Protocol>("47").unwrap(),
+            Protocol::Other(47)
+        );
         assert_eq!(Protocol::from_number(6), Protocol::Tcp);
         assert_eq!(Protocol::Other(47).number(), 47);
     }
 
     #[test]
     fn server_port_follows_direction() {
-        assert_eq!(record(Direction::Egress, Protocol::Tcp).server_port(), Some(8080));
-        assert_eq!(record(Direction::Ingress, Protocol::Tcp).server_port(), Some(40000));
-        assert_eq!(record(Direction::Egress, Protocol::Icmp).server_port(), None);
+        assert_eq!(
+            record(Direction::Egress, Protocol::Tcp).server_port(),
+            Some(8080)
+        );
+        assert_eq!(
+            record(Direction::Ingress, Protocol::Tcp).server_port(),
+            Some(40000)
+        );
+        assert_eq!(
+            record(Direction::Egress, Protocol::Icmp).server_port(),
+            None
+        );
     }
 }

@@ -47,8 +47,15 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.exists() {
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("agent exited ({status}) before ready:\n{}", agent.log_text());
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "agent exited ({status}) before ready:\n{}",
+                    agent.log_text()
+                );
             }
             if Instant::now() > deadline {
                 bail!("agent not ready after 20s:\n{}", agent.log_text());
@@ -110,10 +117,12 @@ impl Drop for Agent {
     }
 }
 
-/// Parse a JSON-lines flow file (a missing file has no records).
+/// Parse a JSON-lines flow file (a missing file has no records). A last line without its
+/// newline is still being written and is left for the next read.
 pub fn read_records(path: &Path) -> Vec<FlowRecord> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))

@@ -47,3 +47,5 @@ pub fn palisade_bin() -> PathBuf {
 }
 
 pub mod agent;
+pub mod lab;
+pub mod traffic;

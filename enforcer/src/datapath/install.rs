@@ -47,7 +47,9 @@ pub fn install(pins: &Pins) -> Result<Installed> {
             .ok_or_else(|| program_error(name, "finding in the object", ProgramError::NotLoaded))?
             .try_into()
             .map_err(|e| program_error(name, "typing", e))?;
-        program.load().map_err(|e| program_error(name, "loading", e))?;
+        program
+            .load()
+            .map_err(|e| program_error(name, "loading", e))?;
 
         let pin = pins.program(name);
         match std::fs::remove_file(&pin) {
@@ -92,8 +94,8 @@ pub fn install(pins: &Pins) -> Result<Installed> {
 /// Point the pinned link at `path` to `program`; the pin itself stays.
 fn upgrade_link(program: &mut SchedClassifier, path: &std::path::Path) -> Result<(), String> {
     let pinned = PinnedLink::from_pin(path).map_err(|e: LinkError| e.to_string())?;
-    let link = tc::SchedClassifierLink::try_from(FdLink::from(pinned))
-        .map_err(|e| e.to_string())?;
+    let link =
+        tc::SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
     let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
     // Dropping the link closes our descriptor only; the pin keeps the link alive.
     drop(program.take_link(id).map_err(|e| e.to_string())?);

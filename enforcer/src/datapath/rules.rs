@@ -132,7 +132,9 @@ pub fn add_deny(
     rule: &DenyRule,
 ) -> Result<()> {
     let info = endpoint(endpoints, ifindex)?;
-    let key = rule.key(info.endpoint_id).map_err(|e| invalid(ifindex, e))?;
+    let key = rule
+        .key(info.endpoint_id)
+        .map_err(|e| invalid(ifindex, e))?;
     denies.set(
         key,
         DenyValue {
@@ -150,7 +152,9 @@ pub fn remove_deny(
     rule: &DenyRule,
 ) -> Result<bool> {
     let info = endpoint(endpoints, ifindex)?;
-    let key = rule.key(info.endpoint_id).map_err(|e| invalid(ifindex, e))?;
+    let key = rule
+        .key(info.endpoint_id)
+        .map_err(|e| invalid(ifindex, e))?;
     let removed = denies.remove(&key)?;
     if removed {
         bump(endpoints, ifindex, info)?;
@@ -221,10 +225,7 @@ mod tests {
 
     const IF: u32 = 7;
 
-    fn tables() -> (
-        MemTable<u32, EndpointInfo>,
-        MemTable<DenyKey, DenyValue>,
-    ) {
+    fn tables() -> (MemTable<u32, EndpointInfo>, MemTable<DenyKey, DenyValue>) {
         let mut endpoints = MemTable::default();
         let config = EndpointConfig {
             mode: Mode::Enforce,
@@ -295,12 +296,18 @@ mod tests {
     fn inexpressible_rules_are_refused_with_a_reason() {
         let (mut endpoints, mut denies) = tables();
         for (r, why) in [
-            (rule("10.0.0.1", None, Some(80)), InvalidRule::PortWithoutProtocol),
+            (
+                rule("10.0.0.1", None, Some(80)),
+                InvalidRule::PortWithoutProtocol,
+            ),
             (
                 rule("10.0.0.1", Some(Protocol::Icmp), Some(8)),
                 InvalidRule::NoPorts(Protocol::Icmp),
             ),
-            (rule("10.0.0.1", Some(Protocol::Udp), Some(0)), InvalidRule::PortZero),
+            (
+                rule("10.0.0.1", Some(Protocol::Udp), Some(0)),
+                InvalidRule::PortZero,
+            ),
         ] {
             let err = add_deny(&mut endpoints, &mut denies, IF, &r).unwrap_err();
             assert!(

@@ -1,0 +1,522 @@
+//! The `palisade lab` subcommands.
+
+use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use model::Mode;
+use serde::Serialize;
+
+use super::{
+    ExternalHost, Family, Lab, Pod, ProbeRequest, Protocol, ServiceInfo, Topology, UpOptions, demo,
+    servers, services,
+    topology::{DEFAULT_TOPOLOGY, Port},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab: a node namespace, a namespace per pod and external host, services,
+    /// echo servers, and (unless --no-agent) the agent attached to every pod.
+    Up {
+        /// Topology file (YAML); default: the built-in shop (examples/lab/shop.yaml).
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        /// Do not start the agent: namespaces, services and servers only.
+        #[arg(long)]
+        no_agent: bool,
+        /// The mode pod interfaces are attached in.
+        #[arg(long, value_enum, default_value_t = ModeArg::Learn)]
+        mode: ModeArg,
+        /// How long the agent gets to install the datapath.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        agent_timeout: Duration,
+    },
+    /// Remove the lab and everything it installed (also a stale lab left by a crash).
+    Down,
+    /// The lab's pods, external hosts, services and processes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe every pod against every pod, external host and service exposing the port:
+    /// TCP connect and echo, or UDP echo.
+    Probe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum, ignore_case = true, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
+        /// Only this IP version (default: both).
+        #[arg(long, value_enum)]
+        family: Option<FamilyArg>,
+        /// Only from this pod, or the pods of this workload (ns/name).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only to this pod, workload, external host or service (ns/name).
+        #[arg(long)]
+        to: Option<String>,
+        /// A JSON matrix instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Run a command in a pod's network namespace (or an external host's, or `node`), and
+    /// exit with its status.
+    Exec {
+        /// `ns/pod`, an external host's name, or `node`.
+        target: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Recreate a workload's pods (new names, new addresses), like `kubectl rollout restart`.
+    Restart {
+        /// `ns/name` or `ns/Kind/name`.
+        workload: String,
+    },
+    /// Scale a workload (new pods get new addresses).
+    Scale {
+        /// `ns/name` or `ns/Kind/name`.
+        workload: String,
+        replicas: u32,
+    },
+    /// Bring up the default topology with the agent, make some traffic, show the flows
+    /// live, then tear it all down.
+    Demo {
+        /// Leave the lab up afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the built-in topology.
+    Example,
+    /// The lab's server process (started by `up`).
+    #[command(hide = true)]
+    Serve,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    Learn,
+    Monitor,
+    Enforce,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Learn => Self::Learn,
+            ModeArg::Monitor => Self::Monitor,
+            ModeArg::Enforce => Self::Enforce,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => Self::Tcp,
+            ProtocolArg::Udp => Self::Udp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FamilyArg {
+    #[value(name = "4")]
+    V4,
+    #[value(name = "6")]
+    V6,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::V4 => Self::V4,
+            FamilyArg::V6 => Self::V6,
+        }
+    }
+}
+
+/// Run `palisade lab [--name NAME] COMMAND`.
+pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up {
+            file,
+            no_agent,
+            mode,
+            agent_timeout,
+        } => {
+            let topology = match &file {
+                Some(path) => Topology::load(path)?,
+                None => Topology::default_shop(),
+            };
+            let mut options = UpOptions::new(this_binary()?);
+            options.agent = !no_agent;
+            options.mode = mode.into();
+            options.agent_timeout = agent_timeout;
+            options.progress = |step| eprintln!("  {step}");
+            let source = file.map_or("the built-in shop topology".into(), |f| {
+                f.display().to_string()
+            });
+            eprintln!("lab {name:?}: building {source}");
+            let lab = Lab::up(name, &topology, &options)?;
+            print!("{}", status_text(&lab));
+            eprintln!(
+                "lab {name:?} is up. Try: palisade lab --name {name} probe --port 8080, \
+                 palisade lab --name {name} down"
+            );
+        }
+        LabCommand::Down => {
+            let removed = super::down(name)?;
+            if removed.is_empty() {
+                println!("lab {name:?}: nothing to remove");
+            } else {
+                println!(
+                    "lab {name:?} removed: {} processes stopped, {} namespaces and {} pins deleted",
+                    removed.processes, removed.namespaces, removed.pins
+                );
+            }
+        }
+        LabCommand::Status { json } => {
+            let lab = Lab::load(name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&StatusView::of(&lab))?);
+            } else {
+                print!("{}", status_text(&lab));
+            }
+        }
+        LabCommand::Probe {
+            port,
+            protocol,
+            family,
+            from,
+            to,
+            json,
+            timeout,
+        } => {
+            let lab = Lab::load(name)?;
+            let mut request = ProbeRequest::new(port, protocol.into());
+            if let Some(f) = family {
+                request.families = vec![f.into()];
+            }
+            request.from = from;
+            request.to = to;
+            request.timeout = timeout;
+            let report = lab.probe(&request)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        LabCommand::Exec { target, command } => {
+            let lab = Lab::load(name)?;
+            let status = lab.exec_interactive(&target, &command)?;
+            // The command's own status is the answer, as with `kubectl exec`.
+            std::process::exit(
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            );
+        }
+        LabCommand::Restart { workload } => {
+            let mut lab = Lab::load(name)?;
+            let change = lab.restart(&workload)?;
+            print_change(&lab, &change);
+        }
+        LabCommand::Scale { workload, replicas } => {
+            let mut lab = Lab::load(name)?;
+            let change = lab.scale(&workload, replicas)?;
+            print_change(&lab, &change);
+        }
+        LabCommand::Demo { keep } => demo::run(name, keep, this_binary()?)?,
+        LabCommand::Example => print!("{DEFAULT_TOPOLOGY}"),
+        LabCommand::Serve => servers::serve(name)?,
+    }
+    Ok(())
+}
+
+fn this_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the palisade binary (it runs the lab's server)")
+}
+
+fn print_change(lab: &Lab, change: &super::Change) {
+    for removed in &change.removed {
+        println!("- {removed}");
+    }
+    for added in &change.added {
+        let pod = lab.pod(added).expect("an added pod is in the lab");
+        println!(
+            "+ {added}  {} {} {}",
+            pod.host_interface, pod.ipv4, pod.ipv6
+        );
+    }
+}
+
+/// `palisade lab status --json`.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    name: &'a str,
+    state_dir: &'a std::path::Path,
+    node_netns: String,
+    bpffs_root: PathBuf,
+    agent: Option<ProcessView>,
+    server: Option<ProcessView>,
+    pods: &'a [Pod],
+    externals: &'a [ExternalHost],
+    services: Vec<ServiceView<'a>>,
+}
+
+#[derive(Serialize)]
+struct ProcessView {
+    pid: i32,
+    running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<Mode>,
+}
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    #[serde(flatten)]
+    service: &'a ServiceInfo,
+    /// Per service port: `ns/pod` -> target port.
+    backends: Vec<Vec<(String, u16)>>,
+}
+
+impl<'a> StatusView<'a> {
+    fn of(lab: &'a Lab) -> Self {
+        Self {
+            name: lab.name(),
+            state_dir: lab.state_dir(),
+            node_netns: lab.node_netns(),
+            bpffs_root: lab.bpffs_root(),
+            agent: lab.agent().map(|p| ProcessView {
+                pid: p.pid,
+                running: p.is_running(),
+                mode: lab.agent_mode(),
+            }),
+            server: lab.server().map(|p| ProcessView {
+                pid: p.pid,
+                running: p.is_running(),
+                mode: None,
+            }),
+            pods: lab.pods(),
+            externals: lab.externals(),
+            services: lab
+                .services()
+                .iter()
+                .map(|service| ServiceView {
+                    service,
+                    backends: service
+                        .ports
+                        .iter()
+                        .map(|port| {
+                            services::backends(service, port, lab.pods())
+                                .iter()
+                                .map(|b| (b.pod.name.clone(), b.port))
+                                .collect()
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn status_text(lab: &Lab) -> String {
+    let process = |p: Option<&super::process::Process>| match p {
+        Some(p) if p.is_running() => format!("pid {} running", p.pid),
+        Some(p) => format!("pid {} NOT RUNNING", p.pid),
+        None => "not started".into(),
+    };
+    let mut out = format!(
+        "lab {:?}: node {}, state {}\n  server: {}\n  agent:  {}\n",
+        lab.name(),
+        lab.node_netns(),
+        lab.state_dir().display(),
+        process(lab.server()),
+        match lab.agent_mode() {
+            Some(mode) => format!(
+                "{}, {mode:?} mode, pins {}",
+                process(lab.agent()),
+                lab.bpffs_root().display()
+            ),
+            None => "none (--no-agent)".into(),
+        }
+    );
+    out.push_str("\nPODS\n");
+    out.push_str(&table(
+        &["NAME", "INTERFACE", "IPV4", "IPV6", "PORTS", "WORKLOAD"],
+        lab.pods()
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.host_interface.clone(),
+                    p.ipv4.to_string(),
+                    p.ipv6.to_string(),
+                    ports(&p.ports),
+                    p.workload.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    ));
+    if !lab.externals().is_empty() {
+        out.push_str("\nEXTERNAL HOSTS\n");
+        out.push_str(&table(
+            &["NAME", "INTERFACE", "ADDRESSES", "PORTS"],
+            lab.externals()
+                .iter()
+                .map(|e| {
+                    let addresses: Vec<String> =
+                        e.addresses.iter().map(ToString::to_string).collect();
+                    vec![
+                        e.name.clone(),
+                        e.host_interface.clone(),
+                        addresses.join(","),
+                        ports(&e.ports),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    if !lab.services().is_empty() {
+        out.push_str("\nSERVICES\n");
+        out.push_str(&table(
+            &["NAME", "CLUSTER-IPS", "PORTS", "BACKENDS"],
+            lab.services()
+                .iter()
+                .map(|s| {
+                    let ports: Vec<String> = s
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}/{}->{}", p.port, p.protocol, p.target()))
+                        .collect();
+                    let backends: Vec<String> = s
+                        .ports
+                        .iter()
+                        .flat_map(|p| services::backends(s, p, lab.pods()))
+                        .map(|b| b.pod.name.rsplit('/').next().unwrap_or_default().to_owned())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    vec![
+                        s.name.clone(),
+                        format!("{},{}", s.ipv4, s.ipv6),
+                        ports.join(","),
+                        if backends.is_empty() {
+                            "none".into()
+                        } else {
+                            backends.join(",")
+                        },
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    out
+}
+
+fn ports(ports: &[Port]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        format!("  {}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: LabCommand,
+    }
+
+    fn parse(args: &[&str]) -> LabCommand {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn exec_takes_the_rest_of_the_line() {
+        let LabCommand::Exec { target, command } =
+            parse(&["exec", "shop/a", "--", "ip", "-o", "addr"])
+        else {
+            panic!()
+        };
+        assert_eq!(target, "shop/a");
+        assert_eq!(command, ["ip", "-o", "addr"]);
+        let LabCommand::Exec { command, .. } = parse(&["exec", "shop/a", "ping", "-c", "1", "x"])
+        else {
+            panic!()
+        };
+        assert_eq!(command, ["ping", "-c", "1", "x"]);
+    }
+
+    #[test]
+    fn probe_options() {
+        let LabCommand::Probe {
+            port,
+            protocol,
+            family,
+            ..
+        } = parse(&[
+            "probe",
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+            "--family",
+            "6",
+        ])
+        else {
+            panic!()
+        };
+        assert_eq!(port, 53);
+        assert!(matches!(protocol, ProtocolArg::Udp));
+        assert!(matches!(family, Some(FamilyArg::V6)));
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], vec![vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "  A     BB\n  long  x\n");
+    }
+}

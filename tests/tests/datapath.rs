@@ -1,0 +1,596 @@
+//! The datapath for real: the programs loaded by aya into this kernel, attached to the
+//! veths of a lab node, judging real TCP, UDP and ICMP between network namespaces, and the
+//! agent's flow records and the kernel's counters checked against what was sent.
+//!
+//! Needs root; every test builds its own lab under a unique name (parallel-safe).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use enforcer::{
+    datapath::{
+        self, EndpointSpec,
+        rules::{self, DenyRule},
+        stats,
+        tables::{Denies, Endpoints},
+    },
+    lab::state::Pod,
+    netns,
+};
+use model::{Direction, FlowKind, FlowRecord, Mode, Protocol, Verdict};
+use tests::{agent::Agent, lab::TestLab, require_root, traffic};
+
+const TOPOLOGY: &str = r#"
+namespaces: [{name: t}]
+pods:
+  - name: t/a
+    ports: [{port: 8080}, {port: 5353, protocol: UDP}]
+  - name: t/b
+    ports: [{port: 8080}, {port: 5353, protocol: UDP}]
+externals:
+  - name: ext.example.com
+    addresses: [203.0.113.10, "2001:db8::10"]
+    ports: [{port: 443}, {port: 53, protocol: UDP}]
+"#;
+
+/// A lab node with the agent running and both pods attached in `mode`.
+struct Node {
+    // Field order is drop order: the agent stops before the lab is torn down.
+    agent: Option<Agent>,
+    dir: tempfile::TempDir,
+    lab: TestLab,
+}
+
+impl Node {
+    fn up(mode: Mode) -> Self {
+        let lab = TestLab::up(TOPOLOGY);
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Self {
+            agent: None,
+            dir,
+            lab,
+        };
+        node.start_agent();
+        for pod in ["t/a", "t/b"] {
+            node.attach(pod, mode);
+        }
+        node
+    }
+
+    fn start_agent(&mut self) {
+        let agent = Agent::start(
+            &self.lab.node_netns(),
+            &self.lab.bpffs_root(),
+            self.dir.path(),
+            &["--stats-interval", "0"],
+        )
+        .unwrap();
+        self.agent = Some(agent);
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.lab.pod(name).unwrap()
+    }
+
+    fn attach(&self, pod: &str, mode: Mode) {
+        let pod = self.pod(pod);
+        let spec = EndpointSpec {
+            interface: pod.host_interface.clone(),
+            ipv4: Some(pod.ipv4),
+            ipv6: Some(pod.ipv6),
+            mode,
+        };
+        let pins = self.lab.pins();
+        netns::run_in(&self.lab.node_netns(), || datapath::attach(&pins, &spec))
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Run `f` with the pod's endpoint ifindex, inside the node namespace.
+    fn on_endpoint<T: Send>(&self, pod: &str, f: impl FnOnce(u32) -> T + Send) -> T {
+        let interface = self.pod(pod).host_interface.clone();
+        netns::run_in(&self.lab.node_netns(), || {
+            f(datapath::attach::ifindex_of(&interface).unwrap())
+        })
+        .unwrap()
+    }
+
+    fn deny(&self, pod: &str, rule: DenyRule) {
+        let pins = self.lab.pins();
+        self.on_endpoint(pod, |ifindex| {
+            let mut endpoints = Endpoints::open_endpoints(&pins).unwrap();
+            let mut denies = Denies::open_denies(&pins).unwrap();
+            rules::add_deny(&mut endpoints, &mut denies, ifindex, &rule).unwrap();
+        });
+    }
+
+    fn allow(&self, pod: &str, rule: DenyRule) {
+        let pins = self.lab.pins();
+        self.on_endpoint(pod, |ifindex| {
+            let mut endpoints = Endpoints::open_endpoints(&pins).unwrap();
+            let mut denies = Denies::open_denies(&pins).unwrap();
+            assert!(rules::remove_deny(&mut endpoints, &mut denies, ifindex, &rule).unwrap());
+        });
+    }
+
+    /// TCX programs attached to the pod's interface, per hook (ingress, egress).
+    fn attached_programs(&self, pod: &str) -> (Vec<u32>, Vec<u32>) {
+        let interface = self.pod(pod).host_interface.clone();
+        netns::run_in(&self.lab.node_netns(), || {
+            let ids = |hook| {
+                SchedClassifier::query_tcx(&interface, hook)
+                    .unwrap()
+                    .1
+                    .iter()
+                    .map(|p| p.id())
+                    .collect::<Vec<_>>()
+            };
+            (ids(TcAttachType::Ingress), ids(TcAttachType::Egress))
+        })
+        .unwrap()
+    }
+}
+
+fn ext(family: u8) -> IpAddr {
+    if family == 4 {
+        "203.0.113.10".parse().unwrap()
+    } else {
+        "2001:db8::10".parse().unwrap()
+    }
+}
+
+fn addr(pod: &Pod, family: u8) -> IpAddr {
+    if family == 4 {
+        pod.ipv4.into()
+    } else {
+        pod.ipv6.into()
+    }
+}
+
+/// New-connection records of one 5-tuple on one interface.
+fn new_records<'a>(
+    records: &'a [FlowRecord],
+    interface: &str,
+    protocol: Protocol,
+    local: IpAddr,
+    remote: IpAddr,
+) -> Vec<&'a FlowRecord> {
+    records
+        .iter()
+        .filter(|r| {
+            r.kind == FlowKind::New
+                && r.interface == interface
+                && r.protocol == protocol
+                && r.local.ip == local
+                && r.remote.ip == remote
+        })
+        .collect()
+}
+
+/// Wait until `expected` (interface, local, remote) new-connection records are there, then
+/// a little longer so that a duplicate would show.
+fn settle(
+    agent: &Agent,
+    protocol: Protocol,
+    expected: &[(&str, IpAddr, IpAddr)],
+) -> Vec<FlowRecord> {
+    let all_there = |records: &[FlowRecord]| {
+        expected
+            .iter()
+            .all(|(i, l, r)| !new_records(records, i, protocol, *l, *r).is_empty())
+    };
+    agent.wait_records(Duration::from_secs(5), all_there);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.records()
+}
+
+#[test]
+fn one_flow_event_per_connection_per_endpoint_with_exact_counters() {
+    require_root!();
+    let node = Node::up(Mode::Enforce);
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let pins = node.lab.pins();
+    let mut port = 40_000;
+    for family in [4u8, 6] {
+        let (a_ip, b_ip, ext_ip) = (addr(a, family), addr(b, family), ext(family));
+
+        // TCP pod -> pod: both endpoints see it, each once.
+        port += 1;
+        let payload = b"palisade datapath test";
+        let echo = traffic::tcp_echo(&a.netns, port, SocketAddr::new(b_ip, 8080), payload).unwrap();
+        assert_eq!(echo, payload);
+        let records = settle(
+            node.agent(),
+            Protocol::Tcp,
+            &[
+                (&a.host_interface, a_ip, b_ip),
+                (&b.host_interface, b_ip, a_ip),
+            ],
+        );
+        let out = new_records(&records, &a.host_interface, Protocol::Tcp, a_ip, b_ip);
+        let inn = new_records(&records, &b.host_interface, Protocol::Tcp, b_ip, a_ip);
+        assert_eq!(
+            (out.len(), inn.len()),
+            (1, 1),
+            "IPv{family} TCP: {records:#?}"
+        );
+        assert_eq!((out[0].local.port, out[0].remote.port), (port, 8080));
+        assert_eq!(out[0].direction, Direction::Egress);
+        assert_eq!((inn[0].local.port, inn[0].remote.port), (8080, port));
+        assert_eq!(inn[0].direction, Direction::Ingress);
+        assert!(out.iter().chain(&inn).all(|r| r.verdict == Verdict::Allow));
+        assert_eq!(out[0].local.pod.as_deref(), None, "no names file given");
+
+        // UDP pod -> external host: only the pod's endpoint sees it.
+        port += 1;
+        let (count, size) = (5, 100);
+        let echoed =
+            traffic::udp_echo(&a.netns, port, SocketAddr::new(ext_ip, 53), count, size).unwrap();
+        assert_eq!(echoed, count);
+        let records = settle(
+            node.agent(),
+            Protocol::Udp,
+            &[(&a.host_interface, a_ip, ext_ip)],
+        );
+        let seen: Vec<_> = records
+            .iter()
+            .filter(|r| {
+                r.kind == FlowKind::New && r.remote.ip == ext_ip && r.protocol == Protocol::Udp
+            })
+            .collect();
+        assert_eq!(seen.len(), 1, "IPv{family} UDP to external: {seen:#?}");
+        assert_eq!(seen[0].interface, a.host_interface);
+        assert_eq!((seen[0].local.port, seen[0].remote.port), (port, 53));
+
+        // Counters: L2 frame bytes of exactly what was sent and echoed.
+        let frame = size as u64 + 8 + if family == 4 { 20 } else { 40 } + 14;
+        let entries = stats::conntrack(&pins).unwrap();
+        let (_, ct) = entries
+            .iter()
+            .find(|(k, _)| {
+                rules::ip_from_kernel(&k.peer_addr) == ext_ip.to_canonical()
+                    && k.pod_port == port
+                    && k.protocol == 17
+            })
+            .expect("conntrack entry of the UDP exchange");
+        assert_eq!(
+            (
+                ct.packets_from_pod,
+                ct.bytes_from_pod,
+                ct.packets_to_pod,
+                ct.bytes_to_pod
+            ),
+            (
+                count as u64,
+                count as u64 * frame,
+                count as u64,
+                count as u64 * frame
+            ),
+            "IPv{family} UDP counters"
+        );
+
+        // ICMP echo pod -> pod: one conversation, both endpoints, exact counters.
+        let ping_family = if family == 4 { "-4" } else { "-6" };
+        let out = node
+            .lab
+            .exec(
+                "t/a",
+                &[
+                    "ping",
+                    ping_family,
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    &b_ip.to_string(),
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let icmp = if family == 4 {
+            Protocol::Icmp
+        } else {
+            Protocol::Icmpv6
+        };
+        let records = settle(
+            node.agent(),
+            icmp,
+            &[
+                (&a.host_interface, a_ip, b_ip),
+                (&b.host_interface, b_ip, a_ip),
+            ],
+        );
+        let out = new_records(&records, &a.host_interface, icmp, a_ip, b_ip);
+        let inn = new_records(&records, &b.host_interface, icmp, b_ip, a_ip);
+        assert_eq!(
+            (out.len(), inn.len()),
+            (1, 1),
+            "IPv{family} ICMP: {records:#?}"
+        );
+        assert_eq!(
+            (out[0].direction, inn[0].direction),
+            (Direction::Egress, Direction::Ingress)
+        );
+        let frame = 56 + 8 + if family == 4 { 20 } else { 40 } + 14;
+        let entries = stats::conntrack(&pins).unwrap();
+        let icmp_entry = |endpoint_pod: &Pod, peer: IpAddr| {
+            entries
+                .iter()
+                .find(|(k, _)| {
+                    k.protocol == icmp.number()
+                        && rules::ip_from_kernel(&k.pod_addr)
+                            == addr(endpoint_pod, family).to_canonical()
+                        && rules::ip_from_kernel(&k.peer_addr) == peer.to_canonical()
+                })
+                .map(|(_, v)| {
+                    (
+                        v.packets_from_pod,
+                        v.bytes_from_pod,
+                        v.packets_to_pod,
+                        v.bytes_to_pod,
+                    )
+                })
+                .expect("ICMP conntrack entry")
+        };
+        assert_eq!(
+            icmp_entry(a, b_ip),
+            (3, 3 * frame, 3, 3 * frame),
+            "IPv{family} ICMP at a"
+        );
+        assert_eq!(
+            icmp_entry(b, a_ip),
+            (3, 3 * frame, 3, 3 * frame),
+            "IPv{family} ICMP at b"
+        );
+    }
+}
+
+fn rule(peer: IpAddr, protocol: Protocol, port: u16) -> DenyRule {
+    DenyRule {
+        peer,
+        protocol: Some(protocol),
+        port: Some(port),
+        rule_id: 7,
+    }
+}
+
+#[test]
+fn a_deny_entry_blocks_new_connections_both_ways_and_removing_it_restores_them() {
+    require_root!();
+    let node = Node::up(Mode::Enforce);
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    for family in [4u8, 6] {
+        let (a_ip, b_ip) = (addr(a, family), addr(b, family));
+        let rules = [
+            rule(b_ip, Protocol::Tcp, 8080),
+            rule(b_ip, Protocol::Udp, 5353),
+        ];
+        for r in rules {
+            node.deny("t/a", r);
+        }
+        // a's own rules protect a in both directions: a -> b and b -> a.
+        assert!(
+            !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
+            "IPv{family}"
+        );
+        assert!(
+            !traffic::tcp_connects(&b.netns, SocketAddr::new(a_ip, 8080)),
+            "IPv{family}"
+        );
+        let udp = |from: &Pod, to: IpAddr, port| {
+            traffic::udp_echo(&from.netns, port, SocketAddr::new(to, 5353), 2, 32).unwrap()
+        };
+        assert_eq!(
+            udp(a, b_ip, 41_000 + u16::from(family)),
+            0,
+            "IPv{family} UDP a -> b"
+        );
+        assert_eq!(
+            udp(b, a_ip, 41_100 + u16::from(family)),
+            0,
+            "IPv{family} UDP b -> a"
+        );
+        // Only what the rules name: other peers and ports still work.
+        assert!(traffic::tcp_connects(
+            &a.netns,
+            SocketAddr::new(ext(family), 443)
+        ));
+
+        let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+            rs.iter()
+                .filter(|r| r.verdict == Verdict::Deny && r.rule == Some(7))
+                .count()
+                >= 4 * usize::from(family / 2)
+        });
+        let denied: Vec<_> = records
+            .iter()
+            .filter(|r| r.verdict == Verdict::Deny && r.local.ip == a_ip && r.remote.ip == b_ip)
+            .collect();
+        assert!(
+            denied
+                .iter()
+                .any(|r| r.protocol == Protocol::Tcp && r.direction == Direction::Egress)
+                && denied
+                    .iter()
+                    .any(|r| r.protocol == Protocol::Tcp && r.direction == Direction::Ingress)
+                && denied
+                    .iter()
+                    .any(|r| r.protocol == Protocol::Udp && r.direction == Direction::Egress)
+                && denied
+                    .iter()
+                    .any(|r| r.protocol == Protocol::Udp && r.direction == Direction::Ingress),
+            "IPv{family} deny events in both directions: {denied:#?}"
+        );
+        assert!(
+            denied
+                .iter()
+                .all(|r| r.interface == a.host_interface && r.rule == Some(7))
+        );
+
+        for r in rules {
+            node.allow("t/a", r);
+        }
+        assert!(
+            traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
+            "IPv{family}"
+        );
+        assert!(
+            traffic::tcp_connects(&b.netns, SocketAddr::new(a_ip, 8080)),
+            "IPv{family}"
+        );
+        assert_eq!(udp(a, b_ip, 41_200 + u16::from(family)), 2);
+        assert_eq!(udp(b, a_ip, 41_300 + u16::from(family)), 2);
+    }
+}
+
+#[test]
+fn enforcement_outlives_the_agent_and_a_restart_reuses_the_pins() {
+    require_root!();
+    let mut node = Node::up(Mode::Enforce);
+    let (a, b) = (node.pod("t/a").clone(), node.pod("t/b").clone());
+    let b_ip = IpAddr::from(b.ipv4);
+    node.deny("t/a", rule(b_ip, Protocol::Tcp, 8080));
+    let before = node.attached_programs("t/a");
+    assert_eq!(
+        (before.0.len(), before.1.len()),
+        (1, 1),
+        "one program per hook: {before:?}"
+    );
+
+    node.agent.take().unwrap().kill();
+    assert!(
+        !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
+        "deny gone with the agent"
+    );
+    assert!(traffic::tcp_connects(
+        &a.netns,
+        SocketAddr::new(ext(4), 443)
+    ));
+    assert_eq!(
+        node.attached_programs("t/a"),
+        before,
+        "a killed agent detaches nothing"
+    );
+
+    node.start_agent();
+    let after = node.attached_programs("t/a");
+    assert_eq!(
+        (after.0.len(), after.1.len()),
+        (1, 1),
+        "attached twice after restart: {after:?}"
+    );
+    assert!(
+        !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
+        "the pinned deny map was reused"
+    );
+    // Re-attaching an attached endpoint (what a reconciling agent does) adds nothing either.
+    node.attach("t/a", Mode::Enforce);
+    assert_eq!(node.attached_programs("t/a"), after);
+
+    // The restarted agent reads the same ring buffer: new connections are reported.
+    traffic::tcp_echo(
+        &a.netns,
+        42_000,
+        SocketAddr::new(ext(4), 443),
+        b"after restart",
+    )
+    .unwrap();
+    let records = settle(
+        node.agent(),
+        Protocol::Tcp,
+        &[(&a.host_interface, a.ipv4.into(), ext(4))],
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.local.port == 42_000 && r.remote.ip == ext(4)),
+        "{records:#?}"
+    );
+    node.allow("t/a", rule(b_ip, Protocol::Tcp, 8080));
+    assert!(traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)));
+}
+
+#[test]
+fn uninstall_leaves_no_program_link_pin_or_qdisc_behind() {
+    require_root!();
+    let mut node = Node::up(Mode::Enforce);
+    let a = node.pod("t/a").clone();
+    let b_ip = IpAddr::from(node.pod("t/b").ipv4);
+    node.deny("t/a", rule(b_ip, Protocol::Tcp, 8080));
+    let (ingress, egress) = node.attached_programs("t/a");
+    let ours: Vec<u32> = ingress.into_iter().chain(egress).collect();
+    assert_eq!(ours.len(), 2);
+    drop(node.agent.take());
+
+    let out = std::process::Command::new(tests::palisade_bin())
+        .args([
+            "uninstall",
+            "--netns",
+            &node.lab.node_netns(),
+            "--bpffs-root",
+        ])
+        .arg(node.lab.bpffs_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        !node.lab.bpffs_root().exists(),
+        "pins left under {}",
+        node.lab.bpffs_root().display()
+    );
+    for pod in ["t/a", "t/b"] {
+        assert_eq!(
+            node.attached_programs(pod),
+            (vec![], vec![]),
+            "{pod} still has programs"
+        );
+    }
+    let qdiscs = node
+        .lab
+        .exec("node", &["tc", "qdisc", "show", "dev", &a.host_interface])
+        .unwrap();
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        !qdiscs.contains("clsact") && !qdiscs.contains("ingress"),
+        "{qdiscs}"
+    );
+    // The kernel frees programs once nothing refers to them (RCU: give it a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ours.contains(id))
+            .collect();
+        if loaded.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs {loaded:?} still loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
+        "uninstalled means open"
+    );
+}
