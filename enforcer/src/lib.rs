@@ -7,12 +7,14 @@
 //! - [`datapath`]: everything that touches aya: the embedded object, install and pins,
 //!   attach/detach, the maps behind small traits, events, uninstall.
 //! - [`agent`]: the long-running agent: install, attach, stream flow records.
+//! - [`args`]: command-line argument types shared by the agent's commands and the lab's.
 //! - [`names`]: interface/address -> pod names, written by whoever creates endpoints.
 //! - [`netns`]: entering named network namespaces.
 //! - [`lab`]: `palisade lab`: topology files, namespaces and veths, pod servers, probes.
 //! - [`paths`]: default locations (bpffs root, run folder).
 //! - [`error`]: the library's error type.
 pub mod agent;
+pub mod args;
 pub mod datapath;
 pub mod error;
 pub mod lab;

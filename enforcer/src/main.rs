@@ -8,9 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use enforcer::{
     agent::{self, AgentConfig},
+    args::{ModeArg, parse_protocol},
     datapath::{
         self, EndpointSpec, Pins,
         records::Namer,
@@ -22,7 +23,7 @@ use enforcer::{
     names::Names,
     netns, paths,
 };
-use model::{Mode, Protocol};
+use model::Protocol;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -172,36 +173,6 @@ struct DenyArgs {
     /// Server port (needs --protocol); omitted = every port.
     #[arg(long)]
     port: Option<u16>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Learn,
-    Monitor,
-    Enforce,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Learn => Mode::Learn,
-            ModeArg::Monitor => Mode::Monitor,
-            ModeArg::Enforce => Mode::Enforce,
-        }
-    }
-}
-
-fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(Protocol::Tcp),
-        "udp" => Ok(Protocol::Udp),
-        "sctp" => Ok(Protocol::Sctp),
-        "icmp" => Ok(Protocol::Icmp),
-        "icmpv6" => Ok(Protocol::Icmpv6),
-        other => Err(format!(
-            "unknown protocol {other:?} (tcp, udp, sctp, icmp, icmpv6)"
-        )),
-    }
 }
 
 fn main() -> Result<()> {

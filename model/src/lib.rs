@@ -3,6 +3,10 @@
 //! # Layout
 //! - [`flow`]: the enriched, serde-able flow record the agent prints and exports (a
 //!   different type from the kernel's event; `enforcer` converts one into the other).
+//! - [`identity`]: security identities, label sets and their stable allocator.
+//! - [`rules`]: the compiled rule form the kernel enforces and its reference evaluator.
 pub mod flow;
+pub mod identity;
+pub mod rules;
 
 pub use flow::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Verdict};

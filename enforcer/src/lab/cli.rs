@@ -7,6 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use model::Mode;
 use serde::Serialize;
 
+use crate::args::ModeArg;
+
 use super::{
     ExternalHost, Family, Lab, Pod, ProbeRequest, Protocol, ServiceInfo, Topology, UpOptions, demo,
     servers, services,
@@ -91,23 +93,6 @@ pub enum LabCommand {
     /// The lab's server process (started by `up`).
     #[command(hide = true)]
     Serve,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    Learn,
-    Monitor,
-    Enforce,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Learn => Self::Learn,
-            ModeArg::Monitor => Self::Monitor,
-            ModeArg::Enforce => Self::Enforce,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

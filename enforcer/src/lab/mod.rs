@@ -538,12 +538,7 @@ impl Lab {
         if let Some(mode) = state.agent_mode {
             attach(layout, mode, &added)?;
         }
-        services::apply(
-            &layout.node_netns(),
-            &services::render(&state.services, &state.pods),
-        )?;
-        state.write_names(layout)?;
-        start_server(layout, state)?;
+        publish_pods(layout, state)?;
         Ok(Change {
             added: added.into_iter().map(|p| p.name).collect(),
             removed: removed.into_iter().map(|p| p.name).collect(),
@@ -777,12 +772,7 @@ fn build(layout: &Layout, topology: &Topology, options: &UpOptions) -> Result<St
         state.pods.len() + state.externals.len(),
         layout.node_netns()
     ));
-    services::apply(
-        &layout.node_netns(),
-        &services::render(&state.services, &state.pods),
-    )?;
-    state.write_names(layout)?;
-    start_server(layout, state)?;
+    publish_pods(layout, state)?;
     progress(&format!(
         "servers listening (pid {})",
         state.server.as_ref().map_or(0, |p| p.pid)
@@ -962,6 +952,17 @@ fn in_node(layout: &Layout, f: impl FnOnce(&Pins) -> Result<()> + Send) -> Resul
 
 /// Remove everything of the lab (but its lock file), continuing past failures so a broken
 /// lab is removed as far as possible; the first failure is returned.
+/// Make the current pods reachable and known: service DNAT to them, the names file, and
+/// echo servers in their namespaces.
+fn publish_pods(layout: &Layout, state: &mut State) -> Result<()> {
+    services::apply(
+        &layout.node_netns(),
+        &services::render(&state.services, &state.pods),
+    )?;
+    state.write_names(layout)?;
+    start_server(layout, state)
+}
+
 fn teardown(layout: &Layout, state: Option<&State>) -> Result<Teardown> {
     let mut report = Teardown::default();
     let mut first_error = None;

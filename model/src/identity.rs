@@ -1,0 +1,325 @@
+//! Security identities: small numbers standing for a set of identity-relevant labels (or,
+//! for the world, a CIDR). The kernel only ever sees these numbers; records that leave the
+//! node carry labels and names instead.
+//!
+//! Numbers are allocated stably: the allocator persists its table, so a restarted agent
+//! gives every label set the number it had before and live conntrack entries, policy
+//! entries and ipcache entries keep meaning the same thing.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// A security identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Identity(pub u32);
+
+impl Identity {
+    /// Not an identity: the wildcard "any peer" in compiled rules. No peer ever has it.
+    pub const ANY: Self = Self(0);
+    /// The pod's own node. Traffic between a pod and its node always passes.
+    pub const HOST: Self = Self(1);
+    /// Outside the cluster, in no CIDR any rule names.
+    pub const WORLD: Self = Self(2);
+    /// Inside the cluster but not (yet) known: a pod whose identity has not arrived.
+    pub const UNKNOWN: Self = Self(3);
+    /// Another node of the cluster.
+    pub const REMOTE_NODE: Self = Self(6);
+    /// First identity for label sets (below: reserved).
+    pub const FIRST_LABELS: u32 = 256;
+    /// First identity for CIDRs of the world (label identities stay below).
+    pub const FIRST_CIDR: u32 = 1 << 24;
+
+    pub const fn is_reserved(self) -> bool {
+        self.0 < Self::FIRST_LABELS
+    }
+
+    pub const fn is_cidr(self) -> bool {
+        self.0 >= Self::FIRST_CIDR
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::ANY => f.write_str("any"),
+            Self::HOST => f.write_str("reserved:host"),
+            Self::WORLD => f.write_str("reserved:world"),
+            Self::UNKNOWN => f.write_str("reserved:unknown"),
+            Self::REMOTE_NODE => f.write_str("reserved:remote-node"),
+            Self(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Labels Kubernetes and its controllers add that say nothing about what a pod is: two pods
+/// of one workload differ in them, so they never enter an identity (or a rule).
+pub const NOISE_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "job-name",
+    "controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-completion-index",
+];
+
+/// Prefix of the namespace's own labels inside a label set.
+pub const NAMESPACE_LABEL_PREFIX: &str = "io.kubernetes.pod.namespace.labels.";
+/// The label naming the pod's namespace inside a label set.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+
+/// The identity-relevant labels of a pod: its namespace, the namespace's labels, and its own
+/// labels minus noise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LabelSet(pub BTreeMap<String, String>);
+
+impl LabelSet {
+    pub fn for_pod(
+        namespace: &str,
+        namespace_labels: &BTreeMap<String, String>,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> Self {
+        let mut set: BTreeMap<String, String> = pod_labels
+            .iter()
+            .filter(|(k, _)| !NOISE_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in namespace_labels {
+            set.insert(format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone());
+        }
+        set.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
+        Self(set)
+    }
+
+    /// The namespace these labels belong to, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.0.get(NAMESPACE_LABEL).map(String::as_str)
+    }
+}
+
+/// Why an identity table could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("identity table {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("identity table {path} is not valid")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("identity table {path}: identity {identity} is given twice")]
+    Duplicate { path: PathBuf, identity: Identity },
+    #[error("no identities left in the {kind} range")]
+    Exhausted { kind: &'static str },
+}
+
+/// Hands out identities for label sets and CIDRs, stably across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityAllocator {
+    #[serde(default)]
+    labels: Vec<(LabelSet, Identity)>,
+    #[serde(default)]
+    cidrs: Vec<(IpNet, Identity)>,
+    #[serde(skip)]
+    by_labels: BTreeMap<LabelSet, Identity>,
+    #[serde(skip)]
+    by_cidr: BTreeMap<IpNet, Identity>,
+}
+
+impl IdentityAllocator {
+    /// Load a persisted table; a missing file is an empty table. A corrupt file is an error,
+    /// never silently reset: renumbering would change what live policy means.
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mut table: Self =
+            serde_json::from_str(&text).map_err(|source| IdentityError::Corrupt {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut seen = std::collections::BTreeSet::new();
+        let ids = table.labels.iter().map(|(_, id)| *id);
+        for id in ids.chain(table.cidrs.iter().map(|(_, id)| *id)) {
+            if !seen.insert(id) {
+                return Err(IdentityError::Duplicate {
+                    path: path.to_owned(),
+                    identity: id,
+                });
+            }
+        }
+        table.by_labels = table.labels.iter().cloned().collect();
+        table.by_cidr = table.cidrs.iter().copied().collect();
+        Ok(table)
+    }
+
+    /// Persist atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
+        let io = |source| IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// The identity of `labels`, allocating the next free one the first time.
+    pub fn for_labels(&mut self, labels: &LabelSet) -> Result<Identity, IdentityError> {
+        if let Some(id) = self.by_labels.get(labels) {
+            return Ok(*id);
+        }
+        let next = self
+            .labels
+            .iter()
+            .map(|(_, id)| id.0 + 1)
+            .max()
+            .unwrap_or(Identity::FIRST_LABELS);
+        if next >= Identity::FIRST_CIDR {
+            return Err(IdentityError::Exhausted { kind: "label" });
+        }
+        let id = Identity(next);
+        self.labels.push((labels.clone(), id));
+        self.by_labels.insert(labels.clone(), id);
+        Ok(id)
+    }
+
+    /// The identity of the world CIDR `net` (normalised to its network address).
+    pub fn for_cidr(&mut self, net: IpNet) -> Result<Identity, IdentityError> {
+        let net = net.trunc();
+        if let Some(id) = self.by_cidr.get(&net) {
+            return Ok(*id);
+        }
+        let next = self
+            .cidrs
+            .iter()
+            .map(|(_, id)| id.0 + 1)
+            .max()
+            .unwrap_or(Identity::FIRST_CIDR);
+        if next == u32::MAX {
+            return Err(IdentityError::Exhausted { kind: "CIDR" });
+        }
+        let id = Identity(next);
+        self.cidrs.push((net, id));
+        self.by_cidr.insert(net, id);
+        Ok(id)
+    }
+
+    /// The labels behind an identity, if it is a label identity of this table.
+    pub fn labels_of(&self, id: Identity) -> Option<&LabelSet> {
+        self.labels.iter().find(|(_, i)| *i == id).map(|(l, _)| l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn noise_labels_never_reach_an_identity() {
+        let a = LabelSet::for_pod(
+            "shop",
+            &labels(&[("team", "web")]),
+            &labels(&[("app", "api"), ("pod-template-hash", "5f6b9fd99d")]),
+        );
+        let b = LabelSet::for_pod(
+            "shop",
+            &labels(&[("team", "web")]),
+            &labels(&[("app", "api"), ("pod-template-hash", "7c894687c4")]),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.namespace(), Some("shop"));
+        assert!(a.0.contains_key("io.kubernetes.pod.namespace.labels.team"));
+        assert!(!a.0.contains_key("pod-template-hash"));
+    }
+
+    #[test]
+    fn the_same_labels_in_another_namespace_are_another_identity() {
+        let mut alloc = IdentityAllocator::default();
+        let pod = labels(&[("app", "api")]);
+        let a = alloc
+            .for_labels(&LabelSet::for_pod("a", &BTreeMap::new(), &pod))
+            .unwrap();
+        let b = alloc
+            .for_labels(&LabelSet::for_pod("b", &BTreeMap::new(), &pod))
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, Identity(Identity::FIRST_LABELS));
+    }
+
+    #[test]
+    fn identities_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identities.json");
+        let mut alloc = IdentityAllocator::default();
+        let web = LabelSet::for_pod("shop", &BTreeMap::new(), &labels(&[("app", "web")]));
+        let db = LabelSet::for_pod("shop", &BTreeMap::new(), &labels(&[("app", "db")]));
+        let (web_id, db_id) = (
+            alloc.for_labels(&web).unwrap(),
+            alloc.for_labels(&db).unwrap(),
+        );
+        let cidr = alloc.for_cidr("203.0.113.7/24".parse().unwrap()).unwrap();
+        assert!(cidr.is_cidr());
+        alloc.save(&path).unwrap();
+
+        let mut again = IdentityAllocator::load(&path).unwrap();
+        assert_eq!(again.for_labels(&db).unwrap(), db_id);
+        assert_eq!(again.for_labels(&web).unwrap(), web_id);
+        assert_eq!(
+            again.for_cidr("203.0.113.0/24".parse().unwrap()).unwrap(),
+            cidr
+        );
+        let new = LabelSet::for_pod("shop", &BTreeMap::new(), &labels(&[("app", "new")]));
+        assert_eq!(again.for_labels(&new).unwrap(), Identity(db_id.0 + 1));
+        assert_eq!(again.labels_of(web_id), Some(&web));
+    }
+
+    #[test]
+    fn a_corrupt_table_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identities.json");
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = IdentityAllocator::load(&path).unwrap_err();
+        assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("identities.json"));
+        assert!(IdentityAllocator::load(&dir.path().join("missing.json")).is_ok());
+    }
+
+    #[test]
+    fn reserved_identities_are_named() {
+        assert_eq!(Identity::WORLD.to_string(), "reserved:world");
+        assert!(Identity::HOST.is_reserved());
+        assert!(!Identity(Identity::FIRST_LABELS).is_reserved());
+    }
+}
