@@ -17,7 +17,13 @@ pub struct EndpointInfo {
     pub policy_revision: u32,
     /// A [`Mode`] value.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// 1 when the pod's ingress is isolated (only `POLICY` entries let connections in),
+    /// 0 when everything may connect to it.
+    pub ingress_isolated: u8,
+    /// The same for the pod's egress.
+    pub egress_isolated: u8,
+    /// Which `POLICY` generation (0 or 1) is live for this endpoint.
+    pub policy_generation: u8,
     /// The pod's IPv4 address, network byte order (0.0.0.0 = none).
     pub ipv4: [u8; 4],
     /// The pod's IPv6 address, network byte order (:: = none).
@@ -33,7 +39,9 @@ impl EndpointInfo {
             identity: 0,
             policy_revision: 0,
             mode: mode as u8,
-            _pad: [0; 3],
+            ingress_isolated: 0,
+            egress_isolated: 0,
+            policy_generation: 0,
             ipv4: [0; 4],
             ipv6: [0; 16],
         }

@@ -24,6 +24,44 @@ impl EventKind {
     }
 }
 
+/// Why the datapath gave a verdict.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A `POLICY` entry (rule) allows it.
+    Rule = 1,
+    /// The direction is not isolated for this endpoint.
+    Open = 2,
+    /// The peer is the pod's own node.
+    Host = 3,
+    /// Learn mode: everything passes.
+    Learn = 4,
+    /// The direction is isolated and no rule allows it.
+    NoRule = 5,
+    /// The pod sent from an address that is not its own.
+    Spoofed = 6,
+    /// The parser could not classify the packet.
+    Unclassified = 7,
+    /// A later IP fragment whose first fragment was not allowed (or not seen).
+    Fragment = 8,
+}
+
+impl Reason {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Rule),
+            2 => Some(Self::Open),
+            3 => Some(Self::Host),
+            4 => Some(Self::Learn),
+            5 => Some(Self::NoRule),
+            6 => Some(Self::Spoofed),
+            7 => Some(Self::Unclassified),
+            8 => Some(Self::Fragment),
+            _ => None,
+        }
+    }
+}
+
 /// One connection as an endpoint first saw it (or saw its verdict change). Never per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,12 +88,15 @@ pub struct FlowEvent {
     pub mode: u8,
     /// An [`EventKind`] value.
     pub kind: u8,
-    pub _pad: [u8; 2],
+    /// A [`Reason`] value: why the verdict.
+    pub reason: u8,
+    pub _pad: u8,
     /// The rule behind the verdict (0 = none).
     pub rule_id: u32,
     /// Length of the packet that created the event (L2 frame).
     pub packet_len: u32,
-    pub _pad2: [u8; 4],
+    /// The peer's identity as the datapath resolved it.
+    pub peer_identity: u32,
 }
 
 const _: () = assert!(size_of::<FlowEvent>() == 72);
@@ -76,12 +117,18 @@ pub enum Counter {
     Unclassified = 4,
     /// Packets on an interface without an `ENDPOINTS` entry (passed untouched).
     NotAnEndpoint = 5,
-    /// Non-first IP fragments (judged on the peer address alone).
+    /// Non-first IP fragments.
     Fragments = 6,
+    /// Packets a pod sent from an address not its own.
+    Spoofed = 7,
+    /// ICMP errors passed because they relate to a tracked connection.
+    Related = 8,
+    /// Connection attempts refused (entries created in `DENIED`).
+    Denied = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::Packets,
         Self::Connections,
@@ -90,6 +137,9 @@ impl Counter {
         Self::Unclassified,
         Self::NotAnEndpoint,
         Self::Fragments,
+        Self::Spoofed,
+        Self::Related,
+        Self::Denied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -101,6 +151,47 @@ impl Counter {
             Self::Unclassified => "unclassified",
             Self::NotAnEndpoint => "not_an_endpoint",
             Self::Fragments => "fragments",
+            Self::Spoofed => "spoofed",
+            Self::Related => "related",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// Key of the per-CPU `ENDPOINT_COUNTERS` hash: one counter of one endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointCounterKey {
+    pub endpoint: u32,
+    /// An [`EndpointCounter`] value.
+    pub counter: u32,
+}
+
+const _: () = assert!(size_of::<EndpointCounterKey>() == 8);
+
+/// What `ENDPOINT_COUNTERS` counts per endpoint.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointCounter {
+    /// Connections judged allowed.
+    Allowed = 0,
+    /// Connection attempts refused (enforce mode).
+    Denied = 1,
+    /// Connections a rule would deny, let through (monitor mode).
+    WouldDeny = 2,
+    /// Packets dropped.
+    Dropped = 3,
+}
+
+impl EndpointCounter {
+    pub const ALL: [Self; 4] = [Self::Allowed, Self::Denied, Self::WouldDeny, Self::Dropped];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::WouldDeny => "would_deny",
+            Self::Dropped => "dropped",
         }
     }
 }
@@ -108,3 +199,6 @@ impl Counter {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding only (checked by the size assertion above).
 unsafe impl aya::Pod for FlowEvent {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for EndpointCounterKey {}

@@ -9,17 +9,18 @@
 //! - [`maps`]: the name and size of every map, as the kernel declares and user space opens it.
 //! - [`endpoint`]: `ENDPOINTS` values (one per pod interface) and the per-endpoint mode.
 //! - [`conntrack`]: `CONNTRACK` keys and values, TCP state bits.
-//! - [`deny`]: `DENY` keys and values, the first enforcement primitive.
+//! - [`policy`]: `IPCACHE`, `CIDRS`, `POLICY` (identity-based rules with generations),
+//!   `DENIED` and `FRAGMENTS`.
 //! - [`event`]: ring-buffer flow events and the per-CPU counters.
 //! - [`addr`]: the 16-byte address form and its IPv4 mapping.
 #![no_std]
 
 pub mod addr;
 pub mod conntrack;
-pub mod deny;
 pub mod endpoint;
 pub mod event;
 pub mod maps;
+pub mod policy;
 
 /// IP protocol numbers the datapath classifies.
 pub mod proto {

@@ -9,9 +9,25 @@ pub const ENDPOINTS_MAX: u32 = 4096;
 pub const CONNTRACK: &str = "CONNTRACK";
 pub const CONNTRACK_MAX: u32 = 262_144;
 
-/// [`crate::deny::DenyKey`] -> [`crate::deny::DenyValue`].
-pub const DENY: &str = "DENY";
-pub const DENY_MAX: u32 = 65_536;
+/// Address -> [`crate::policy::IpcacheValue`]: pods and nodes.
+pub const IPCACHE: &str = "IPCACHE";
+pub const IPCACHE_MAX: u32 = 1 << 20;
+
+/// LPM trie of [`crate::policy::CidrKey`] -> CIDR identity (`u32`).
+pub const CIDRS: &str = "CIDRS";
+pub const CIDRS_MAX: u32 = 1 << 18;
+
+/// LPM trie of [`crate::policy::PolicyKey`] -> [`crate::policy::PolicyValue`].
+pub const POLICY: &str = "POLICY";
+pub const POLICY_MAX: u32 = 1 << 20;
+
+/// [`crate::conntrack::ConntrackKey`] -> [`crate::policy::DeniedValue`], LRU.
+pub const DENIED: &str = "DENIED";
+pub const DENIED_MAX: u32 = 65_536;
+
+/// [`crate::policy::FragmentKey`] -> [`crate::policy::FragmentValue`], LRU.
+pub const FRAGMENTS: &str = "FRAGMENTS";
+pub const FRAGMENTS_MAX: u32 = 16_384;
 
 /// Ring buffer of [`crate::event::FlowEvent`].
 pub const EVENTS: &str = "EVENTS";
@@ -22,8 +38,23 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COUNTERS: &str = "COUNTERS";
 pub const COUNTERS_MAX: u32 = crate::event::Counter::COUNT;
 
+/// Per-CPU [`crate::event::EndpointCounterKey`] -> `u64`.
+pub const ENDPOINT_COUNTERS: &str = "EP_COUNTERS";
+pub const ENDPOINT_COUNTERS_MAX: u32 = 4 * ENDPOINTS_MAX;
+
 /// Every map Palisade pins, for uninstall and for checks that nothing is left behind.
-pub const ALL: [&str; 5] = [ENDPOINTS, CONNTRACK, DENY, EVENTS, COUNTERS];
+pub const ALL: [&str; 10] = [
+    ENDPOINTS,
+    CONNTRACK,
+    IPCACHE,
+    CIDRS,
+    POLICY,
+    DENIED,
+    FRAGMENTS,
+    EVENTS,
+    COUNTERS,
+    ENDPOINT_COUNTERS,
+];
 
 /// Names of the kernel programs, as the ELF sections name them.
 pub const PROG_FROM_POD: &str = "from_pod";

@@ -7,7 +7,6 @@
 use enforcer_common::{
     Direction,
     conntrack::{ConntrackKey, tcp_flags},
-    deny::DenyKey,
     proto,
 };
 
@@ -65,23 +64,11 @@ pub fn server_port(key: &ConntrackKey, direction: Direction) -> u16 {
     }
 }
 
-/// The `DENY` key that names this connection's peer, protocol and server port.
-#[inline(always)]
-pub fn deny_key(key: &ConntrackKey, direction: Direction) -> DenyKey {
-    DenyKey::new(
-        key.endpoint,
-        key.peer_addr,
-        key.protocol,
-        server_port(key, direction),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use enforcer_common::addr::from_ipv4;
 
     use super::*;
-    use crate::parse::Fragment;
 
     const POD: [u8; 4] = [10, 244, 0, 2];
     const PEER: [u8; 4] = [10, 244, 0, 3];
@@ -96,7 +83,7 @@ mod tests {
             src_port: ports.0,
             dst_port: ports.1,
             tcp_flags: flags,
-            fragment: Fragment::None,
+            ..Parsed::EMPTY
         }
     }
 
@@ -141,23 +128,20 @@ mod tests {
     }
 
     #[test]
-    fn deny_keys_name_the_server_port_in_both_directions() {
+    fn the_server_port_is_named_in_both_directions() {
         let out = packet(true, proto::TCP, (40000, 443), tcp_flags::SYN);
         let key = conntrack_key(7, &out, Hook::FromPod);
-        assert_eq!(deny_key(&key, Direction::Egress).server_port, 443);
+        assert_eq!(server_port(&key, Direction::Egress), 443);
         let inbound = packet(false, proto::TCP, (51000, 8080), tcp_flags::SYN);
         let key = conntrack_key(7, &inbound, Hook::ToPod);
-        assert_eq!(deny_key(&key, Direction::Ingress).server_port, 8080);
-        assert_eq!(
-            deny_key(&key, Direction::Ingress).peer_addr,
-            from_ipv4(PEER)
-        );
+        assert_eq!(server_port(&key, Direction::Ingress), 8080);
+        assert_eq!(key.peer_addr, from_ipv4(PEER));
     }
 
     #[test]
     fn icmp_has_no_server_port() {
         let echo = packet(true, proto::ICMP, (77, 0), 0);
         let key = conntrack_key(7, &echo, Hook::FromPod);
-        assert_eq!(deny_key(&key, Direction::Egress).server_port, 0);
+        assert_eq!(server_port(&key, Direction::Egress), 0);
     }
 }

@@ -1,9 +1,11 @@
 //! Palisade's TC programs, attached to the host side of every pod veth.
 //!
 //! `from_pod` runs on host-side ingress (what the pod sends), `to_pod` on host-side egress
-//! (what the pod receives). Both judge only the first packet of a connection (or the first
-//! after the endpoint's mode or rules changed) and let the conntrack entry carry the verdict
-//! for the rest; they emit one event per connection, never one per packet.
+//! (what the pod receives). Only the first packet of a connection is judged (and the first
+//! after the endpoint's mode or rules changed): the peer's identity comes from `IPCACHE`
+//! (and `CIDRS`), the verdict from at most three `POLICY` lookups, and the conntrack entry
+//! carries it for the rest. Refused attempts live in `DENIED`, apart from live
+//! connections. One event per connection (and per verdict change), never one per packet.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The BPF target has atomic add but no compare-and-swap, so core's `AtomicU64::fetch_add`
@@ -17,21 +19,26 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use enforcer_common::{
     Direction, Mode, Verdict,
+    addr::{self, Addr},
     conntrack::{ConntrackKey, ConntrackValue, tcp_advance},
-    deny::{DenyKey, DenyValue},
     endpoint::EndpointInfo,
-    event::{Counter, EventKind, FlowEvent},
-    maps, proto, tc_action,
+    event::{Counter, EndpointCounter, EndpointCounterKey, EventKind, FlowEvent, Reason},
+    maps,
+    policy::{
+        CidrKey, DeniedValue, FragmentKey, FragmentValue, IpcacheValue, PolicyKey, PolicyValue,
+        identity,
+    },
+    proto, tc_action,
 };
 use enforcer_ebpf::{
-    flow::{Hook, conntrack_key, deny_key, opener},
+    flow::{Hook, conntrack_key, opener, server_port},
     packet::Packet,
-    parse::{Fragment, Outcome, Parsed, parse},
+    parse::{Fragment, Kind, Parsed, Quoted, parse_into},
 };
 
 #[map]
@@ -42,13 +49,41 @@ static CONNTRACK: LruHashMap<ConntrackKey, ConntrackValue> =
     LruHashMap::pinned(maps::CONNTRACK_MAX, 0);
 
 #[map]
-static DENY: HashMap<DenyKey, DenyValue> = HashMap::pinned(maps::DENY_MAX, 0);
+static IPCACHE: HashMap<Addr, IpcacheValue> = HashMap::pinned(maps::IPCACHE_MAX, 0);
+
+#[map]
+static CIDRS: LpmTrie<CidrKey, u32> = LpmTrie::pinned(maps::CIDRS_MAX, 0);
+
+#[map]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(maps::POLICY_MAX, 0);
+
+#[map]
+static DENIED: LruHashMap<ConntrackKey, DeniedValue> = LruHashMap::pinned(maps::DENIED_MAX, 0);
+
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
+    LruHashMap::pinned(maps::FRAGMENTS_MAX, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(maps::COUNTERS_MAX, 0);
+
+/// Per-CPU room for what one packet's handling works on: the BPF stack (512 bytes across
+/// all frames of a call chain) is too small to hold it.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+struct Scratch {
+    parsed: Parsed,
+    key: ConntrackKey,
+    value: ConntrackValue,
+}
+
+#[map]
+static EP_COUNTERS: PerCpuHashMap<EndpointCounterKey, u64> =
+    PerCpuHashMap::pinned(maps::ENDPOINT_COUNTERS_MAX, 0);
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -80,6 +115,32 @@ impl Packet for Skb<'_> {
     }
 }
 
+/// A verdict with what it rests on.
+#[derive(Clone, Copy)]
+struct Judgment {
+    verdict: Verdict,
+    reason: Reason,
+    rule_id: u32,
+    peer_identity: u32,
+}
+
+/// What an event says besides the connection's key.
+#[derive(Clone, Copy)]
+struct Verdicted {
+    kind: EventKind,
+    family: u8,
+    direction: Direction,
+    judgment: Judgment,
+}
+
+/// What one packet's handling needs to know about where it is.
+struct Here<'a> {
+    ctx: &'a TcContext,
+    ep: EndpointInfo,
+    mode: Mode,
+    hook: Hook,
+}
+
 #[inline(always)]
 fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff; the verifier rewrites the read.
@@ -91,59 +152,156 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     };
     count(Counter::Packets);
     let mode = Mode::from_u8(ep.mode).unwrap_or(Mode::Enforce);
+    let here = Here {
+        ctx,
+        ep,
+        mode,
+        hook,
+    };
 
-    let p = match parse(&Skb(ctx)) {
-        Outcome::Ip(p) => p,
-        Outcome::Arp | Outcome::NeighbourDiscovery => return Ok(tc_action::NEXT),
-        Outcome::Unclassified => {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(tc_action::SHOT)?;
+    // SAFETY: this CPU's slot, used by this program run only (TC programs do not nest).
+    let scratch = unsafe { &mut *scratch };
+    let p = &mut scratch.parsed;
+    *p = Parsed::EMPTY;
+    match parse_into(&Skb(ctx), p) {
+        Kind::Ip => {}
+        Kind::Arp => return Ok(arp(&here, &p.src)),
+        Kind::NeighbourDiscovery => return Ok(tc_action::NEXT),
+        Kind::Unclassified => {
             count(Counter::Unclassified);
             // Never let what we cannot read through an enforcing endpoint.
-            return Ok(act(if mode == Mode::Enforce {
-                Verdict::Deny
-            } else {
-                Verdict::Allow
-            }));
+            return Ok(drop_if_enforcing(&here));
         }
-    };
+    }
+    let p: &Parsed = &scratch.parsed;
+    if hook == Hook::FromPod && !owns(&here.ep, p) {
+        count(Counter::Spoofed);
+        let key = conntrack_key(ep.endpoint_id, p, hook);
+        let judgment = refusal(mode, Reason::Spoofed, 0);
+        if judgment.verdict != Verdict::Allow {
+            let what = Verdicted {
+                kind: EventKind::NewConnection,
+                family: p.family,
+                direction: Direction::Egress,
+                judgment,
+            };
+            return Ok(refuse(&here, &key, &what));
+        }
+    }
     if p.fragment == Fragment::Later {
         count(Counter::Fragments);
-        return Ok(act(judge_fragment(&ep, mode, &p, hook)));
+        return Ok(later_fragment(&here, p));
+    }
+    if p.has_quoted && is_related(&here, &p.quoted) {
+        count(Counter::Related);
+        return Ok(tc_action::NEXT);
     }
 
-    let key = conntrack_key(ep.endpoint_id, &p, hook);
+    scratch.key = conntrack_key(ep.endpoint_id, p, hook);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let len = u64::from(ctx.len());
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by reference: a copy of the key would cost BPF stack"
+    )]
+    let entry = CONNTRACK.get_ptr_mut(&scratch.key);
+    if let Some(entry) = entry {
         // SAFETY: the pointer into the map value stays valid for this program run; counters
         // are updated atomically, the rest is last-writer-wins like any conntrack.
         let entry = unsafe { &mut *entry };
         if !(entry.is_expired(p.protocol, now)
             || (p.protocol == proto::TCP && entry.reopened_by(p.tcp_flags)))
         {
-            return Ok(existing(ctx, &ep, mode, &key, entry, &p, hook, now, len));
+            return Ok(existing(&here, &scratch.key, entry, &scratch.parsed));
         }
     }
-    Ok(new_connection(ctx, &ep, mode, &key, &p, hook, now, len))
+    Ok(new_connection(&here, scratch))
+}
+
+/// ARP always passes, except a pod announcing an address that is not its own.
+#[inline(always)]
+fn arp(here: &Here, sender: &Addr) -> i32 {
+    let own = here.ep.ipv4;
+    if here.hook == Hook::ToPod
+        || own == [0; 4]
+        || *sender == addr::from_ipv4(own)
+        || *sender == addr::from_ipv4([0; 4])
+    {
+        return tc_action::NEXT;
+    }
+    count(Counter::Spoofed);
+    drop_if_enforcing(here)
+}
+
+/// Does the pod own the source address of `p`? Link-local and unspecified IPv6 sources
+/// (neighbour discovery, DAD) are its own too; an endpoint without addresses is not checked.
+#[inline(always)]
+fn owns(ep: &EndpointInfo, p: &Parsed) -> bool {
+    if p.family == 4 {
+        ep.ipv4 == [0; 4] || p.src == addr::from_ipv4(ep.ipv4)
+    } else {
+        ep.ipv6 == [0; 16]
+            || p.src == ep.ipv6
+            || (p.src[0] == 0xfe && p.src[1] & 0xc0 == 0x80)
+            || p.src == [0; 16]
+    }
+}
+
+/// A later fragment follows the verdict of its datagram's first fragment; without one (or
+/// when it would rewrite the TCP header, an overlap attack) an enforcing endpoint drops it.
+#[inline(never)]
+fn later_fragment(here: &Here, p: &Parsed) -> i32 {
+    let overlaps_tcp_header = p.protocol == proto::TCP && p.fragment_offset < 20;
+    let key = fragment_key(here.ep.endpoint_id, p);
+    // SAFETY: plain-data value copied out at once.
+    let first = unsafe { FRAGMENTS.get(key) }.map(|f| f.verdict);
+    match first {
+        Some(v) if v != Verdict::Deny as u8 && !overlaps_tcp_header => tc_action::NEXT,
+        _ => drop_if_enforcing(here),
+    }
 }
 
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined hot path; a struct costs stack"
-)]
-fn existing(
-    ctx: &TcContext,
-    ep: &EndpointInfo,
-    mode: Mode,
-    key: &ConntrackKey,
-    entry: &mut ConntrackValue,
-    p: &Parsed,
-    hook: Hook,
-    now: u64,
-    len: u64,
-) -> i32 {
-    let (packets, bytes) = match hook {
+fn fragment_key(endpoint: u32, p: &Parsed) -> FragmentKey {
+    FragmentKey {
+        endpoint,
+        id: p.fragment_id,
+        src: p.src,
+        dst: p.dst,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// An ICMP error about a connection this endpoint tracks and allowed.
+#[inline(never)]
+fn is_related(here: &Here, q: &Quoted) -> bool {
+    // The quoted datagram travelled the other way: the pod sent it when the error comes in,
+    // the peer sent it when the pod reports the error.
+    let (pod_addr, peer_addr, pod_port, peer_port) = match here.hook {
+        Hook::ToPod => (q.src, q.dst, q.src_port, q.dst_port),
+        Hook::FromPod => (q.dst, q.src, q.dst_port, q.src_port),
+    };
+    let key = ConntrackKey {
+        endpoint: here.ep.endpoint_id,
+        pod_addr,
+        peer_addr,
+        pod_port,
+        peer_port,
+        protocol: q.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain-data value copied out at once.
+    unsafe { CONNTRACK.get(key) }.is_some_and(|e| e.verdict != Verdict::Deny as u8)
+}
+
+#[inline(never)]
+fn existing(here: &Here, key: &ConntrackKey, entry: &mut ConntrackValue, p: &Parsed) -> i32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = u64::from(here.ctx.len());
+    let (packets, bytes) = match here.hook {
         Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
         Hook::ToPod => (&mut entry.packets_to_pod, &mut entry.bytes_to_pod),
     };
@@ -151,62 +309,77 @@ fn existing(
     atomic_add(bytes, len);
     entry.last_seen_ns = now;
     if p.protocol == proto::TCP {
-        entry.tcp_state = tcp_advance(entry.tcp_state, p.tcp_flags, hook == Hook::FromPod);
+        entry.tcp_state = tcp_advance(entry.tcp_state, p.tcp_flags, here.hook == Hook::FromPod);
     }
-    if entry.policy_revision != ep.policy_revision || entry.mode != mode as u8 {
+    if entry.policy_revision != here.ep.policy_revision || entry.mode != here.mode as u8 {
         let direction = Direction::from_u8(entry.direction).unwrap_or(Direction::Egress);
-        let (verdict, rule_id) = judge(mode, &deny_key(key, direction));
-        let changed = entry.verdict != verdict as u8;
-        entry.verdict = verdict as u8;
-        entry.rule_id = rule_id;
-        entry.mode = mode as u8;
-        entry.policy_revision = ep.policy_revision;
-        if changed {
-            emit(
-                ctx,
-                EventKind::Rejudged,
-                key,
-                p.family,
+        let judgment = judge(here, key, p.family, direction);
+        if judgment.verdict == Verdict::Deny {
+            // Cut: the connection leaves conntrack for the refused attempts.
+            let _ = CONNTRACK.remove(key);
+            let what = Verdicted {
+                kind: EventKind::Rejudged,
+                family: p.family,
                 direction,
-                verdict,
-                mode,
-                rule_id,
-            );
+                judgment,
+            };
+            return refuse(here, key, &what);
+        }
+        let changed = entry.verdict != judgment.verdict as u8;
+        entry.verdict = judgment.verdict as u8;
+        entry.rule_id = judgment.rule_id;
+        entry.mode = here.mode as u8;
+        entry.policy_revision = here.ep.policy_revision;
+        if changed {
+            let what = Verdicted {
+                kind: EventKind::Rejudged,
+                family: p.family,
+                direction,
+                judgment,
+            };
+            emit(here, key, &what);
         }
     }
-    act(Verdict::from_u8(entry.verdict).unwrap_or(Verdict::Deny))
+    remember_first_fragment(here, p, entry.verdict);
+    tc_action::NEXT
 }
 
-#[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined hot path; a struct costs stack"
-)]
-fn new_connection(
-    ctx: &TcContext,
-    ep: &EndpointInfo,
-    mode: Mode,
-    key: &ConntrackKey,
-    p: &Parsed,
-    hook: Hook,
-    now: u64,
-    len: u64,
-) -> i32 {
-    let direction = opener(p, hook);
-    let (verdict, rule_id) = judge(mode, &deny_key(key, direction));
-    let from_pod = hook == Hook::FromPod;
-    let value = ConntrackValue {
+#[inline(never)]
+fn new_connection(here: &Here, scratch: &mut Scratch) -> i32 {
+    let Scratch {
+        parsed: p,
+        key,
+        value,
+    } = scratch;
+    let (p, key): (&Parsed, &ConntrackKey) = (p, key);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = u64::from(here.ctx.len());
+    let direction = opener(p, here.hook);
+    let judgment = judge(here, key, p.family, direction);
+    if judgment.verdict == Verdict::Deny {
+        remember_first_fragment(here, p, Verdict::Deny as u8);
+        let what = Verdicted {
+            kind: EventKind::NewConnection,
+            family: p.family,
+            direction,
+            judgment,
+        };
+        return refuse(here, key, &what);
+    }
+    let from_pod = here.hook == Hook::FromPod;
+    *value = ConntrackValue {
         created_ns: now,
         last_seen_ns: now,
         packets_from_pod: u64::from(from_pod),
         bytes_from_pod: if from_pod { len } else { 0 },
         packets_to_pod: u64::from(!from_pod),
         bytes_to_pod: if from_pod { 0 } else { len },
-        policy_revision: ep.policy_revision,
-        rule_id,
+        policy_revision: here.ep.policy_revision,
+        rule_id: judgment.rule_id,
         direction: direction as u8,
-        verdict: verdict as u8,
-        mode: mode as u8,
+        verdict: judgment.verdict as u8,
+        mode: here.mode as u8,
         tcp_state: if p.protocol == proto::TCP {
             tcp_advance(0, p.tcp_flags, from_pod)
         } else {
@@ -215,98 +388,236 @@ fn new_connection(
         _pad: [0; 4],
     };
     // On failure (map error) the connection is still judged; it is judged again next packet.
-    let _ = CONNTRACK.insert(key, value, 0);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by reference: a copy of the value would cost BPF stack"
+    )]
+    let _ = CONNTRACK.insert(key, &*value, 0);
     count(Counter::Connections);
-    emit(
-        ctx,
-        EventKind::NewConnection,
-        key,
-        p.family,
-        direction,
-        verdict,
-        mode,
-        rule_id,
+    count_endpoint(
+        here.ep.endpoint_id,
+        if judgment.verdict == Verdict::WouldDeny {
+            EndpointCounter::WouldDeny
+        } else {
+            EndpointCounter::Allowed
+        },
     );
-    act(verdict)
-}
-
-/// The verdict for a connection named by `deny` under `mode`, and the rule behind it.
-#[inline(always)]
-fn judge(mode: Mode, deny: &DenyKey) -> (Verdict, u32) {
-    if mode == Mode::Learn {
-        return (Verdict::Allow, 0);
-    }
-    // SAFETY: plain-data value copied out at once.
-    let hit = unsafe {
-        DENY.get(deny)
-            .or_else(|| DENY.get(deny.any_port()))
-            .or_else(|| DENY.get(deny.any_protocol()))
-    }
-    .copied();
-    match (hit, mode) {
-        (None, _) => (Verdict::Allow, 0),
-        (Some(rule), Mode::Enforce) => (Verdict::Deny, rule.rule_id),
-        (Some(rule), _) => (Verdict::WouldDeny, rule.rule_id),
-    }
-}
-
-/// A later IP fragment has no ports: only a rule on the whole peer can apply to it.
-#[inline(always)]
-fn judge_fragment(ep: &EndpointInfo, mode: Mode, p: &Parsed, hook: Hook) -> Verdict {
-    let peer = match hook {
-        Hook::FromPod => p.dst,
-        Hook::ToPod => p.src,
+    remember_first_fragment(here, p, judgment.verdict as u8);
+    let what = Verdicted {
+        kind: EventKind::NewConnection,
+        family: p.family,
+        direction,
+        judgment,
     };
-    judge(mode, &DenyKey::new(ep.endpoint_id, peer, 0, 0)).0
+    emit(here, key, &what);
+    tc_action::NEXT
+}
+
+/// Drop a refused attempt. The first packet of an attempt (per policy revision) is recorded
+/// and reported; its retransmissions are only counted, so a scan or flood costs one
+/// `DENIED` entry per attempt and never touches `CONNTRACK`.
+#[inline(never)]
+fn refuse(here: &Here, key: &ConntrackKey, what: &Verdicted) -> i32 {
+    let judgment = what.judgment;
+    count_endpoint(here.ep.endpoint_id, EndpointCounter::Dropped);
+    count(Counter::Drops);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(seen) = DENIED.get_ptr_mut(key) {
+        // SAFETY: valid for this run; a lost increment under a race only undercounts.
+        let seen = unsafe { &mut *seen };
+        if seen.policy_revision == here.ep.policy_revision {
+            seen.last_ns = now;
+            atomic_add(&mut seen.packets, 1);
+            return tc_action::SHOT;
+        }
+    }
+    let value = DeniedValue {
+        first_ns: now,
+        last_ns: now,
+        packets: 1,
+        policy_revision: here.ep.policy_revision,
+        rule_id: judgment.rule_id,
+    };
+    let _ = DENIED.insert(key, value, 0);
+    count(Counter::Denied);
+    count_endpoint(here.ep.endpoint_id, EndpointCounter::Denied);
+    emit(here, key, what);
+    tc_action::SHOT
+}
+
+/// Record a first fragment's verdict for the datagram's later fragments.
+#[inline(always)]
+fn remember_first_fragment(here: &Here, p: &Parsed, verdict: u8) {
+    if p.fragment != Fragment::First {
+        return;
+    }
+    let value = FragmentValue {
+        verdict,
+        _pad: [0; 7],
+        // SAFETY: no preconditions.
+        last_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = FRAGMENTS.insert(fragment_key(here.ep.endpoint_id, p), value, 0);
+}
+
+/// The verdict for a new connection (or a re-judged one) under the endpoint's mode.
+#[inline(always)]
+fn judge(here: &Here, key: &ConntrackKey, family: u8, direction: Direction) -> Judgment {
+    let mut judgment = allow(Reason::Rule, 0, 0);
+    judge_into(here, key, family | (direction as u8) << 4, &mut judgment);
+    judgment
+}
+
+/// [`judge`], out of line. BPF subprograms take at most five arguments and cannot return
+/// aggregates, so the family and direction share a byte and the result is written to `out`.
+#[inline(never)]
+fn judge_into(here: &Here, key: &ConntrackKey, family_direction: u8, out: &mut Judgment) {
+    let family = family_direction & 0x0f;
+    let direction = Direction::from_u8(family_direction >> 4).unwrap_or(Direction::Egress);
+    *out = judgment_of(here, key, family, direction);
 }
 
 #[inline(always)]
-fn act(verdict: Verdict) -> i32 {
-    if verdict == Verdict::Deny {
+fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction) -> Judgment {
+    let ep = &here.ep;
+    // SAFETY: plain-data values copied out at once.
+    let known = unsafe { IPCACHE.get(key.peer_addr) }.map(|v| v.identity);
+    if known == Some(identity::HOST) {
+        return allow(Reason::Host, 0, identity::HOST);
+    }
+    let cidr_key = Key::new(
+        CidrKey::LOOKUP_BITS,
+        CidrKey {
+            family,
+            addr: key.peer_addr,
+        },
+    );
+    let cidr = CIDRS.get(cidr_key).copied();
+    let peer = known.unwrap_or(identity::WORLD);
+    let peer_identity = if known.is_none() {
+        cidr.unwrap_or(identity::WORLD)
+    } else {
+        peer
+    };
+    if here.mode == Mode::Learn {
+        return allow(Reason::Learn, 0, peer_identity);
+    }
+    let isolated = match direction {
+        Direction::Egress => ep.egress_isolated,
+        Direction::Ingress => ep.ingress_isolated,
+    };
+    if isolated == 0 {
+        return allow(Reason::Open, 0, peer_identity);
+    }
+    // One key, rewritten between lookups: each key on the stack costs frame space.
+    let mut lookup = Key::new(
+        PolicyKey::FULL_BITS,
+        PolicyKey::new(
+            ep.endpoint_id,
+            ep.policy_generation,
+            direction as u8,
+            peer,
+            key.protocol,
+            server_port(key, direction),
+        ),
+    );
+    let mut hit = POLICY.get(&lookup).map(|v| v.rule_id);
+    if hit.is_none()
+        && let Some(cidr) = cidr
+    {
+        lookup.data.identity = cidr.to_be_bytes();
+        hit = POLICY.get(&lookup).map(|v| v.rule_id);
+    }
+    if hit.is_none() {
+        lookup.data.identity = identity::ANY.to_be_bytes();
+        hit = POLICY.get(&lookup).map(|v| v.rule_id);
+    }
+    match hit {
+        Some(rule_id) => allow(Reason::Rule, rule_id, peer_identity),
+        None => Judgment {
+            peer_identity,
+            ..refusal(here.mode, Reason::NoRule, 0)
+        },
+    }
+}
+
+#[inline(always)]
+fn allow(reason: Reason, rule_id: u32, peer_identity: u32) -> Judgment {
+    Judgment {
+        verdict: Verdict::Allow,
+        reason,
+        rule_id,
+        peer_identity,
+    }
+}
+
+/// What refusing means under `mode`: drop when enforcing, record when monitoring.
+#[inline(always)]
+fn refusal(mode: Mode, reason: Reason, peer_identity: u32) -> Judgment {
+    let verdict = match mode {
+        Mode::Enforce => Verdict::Deny,
+        Mode::Monitor => Verdict::WouldDeny,
+        Mode::Learn => Verdict::Allow,
+    };
+    Judgment {
+        verdict,
+        reason,
+        rule_id: 0,
+        peer_identity,
+    }
+}
+
+#[inline(always)]
+fn drop_if_enforcing(here: &Here) -> i32 {
+    if here.mode == Mode::Enforce {
         count(Counter::Drops);
+        count_endpoint(here.ep.endpoint_id, EndpointCounter::Dropped);
         tc_action::SHOT
     } else {
         tc_action::NEXT
     }
 }
 
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "fields of one event")]
-fn emit(
-    ctx: &TcContext,
-    kind: EventKind,
-    key: &ConntrackKey,
-    family: u8,
-    direction: Direction,
-    verdict: Verdict,
-    mode: Mode,
-    rule_id: u32,
-) {
+// Out of line (a BPF subprogram) in this and the other large steps: inlined together
+// they exceed the 512-byte BPF stack.
+#[inline(never)]
+fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
+    let Verdicted {
+        kind,
+        family,
+        direction,
+        judgment,
+    } = *what;
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(Counter::EventsLost);
         return;
     };
-    slot.write(FlowEvent {
-        // SAFETY: no preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        endpoint: key.endpoint,
-        // SAFETY: as in try_judge.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
-        pod_addr: key.pod_addr,
-        peer_addr: key.peer_addr,
-        pod_port: key.pod_port,
-        peer_port: key.peer_port,
-        protocol: key.protocol,
-        family,
-        direction: direction as u8,
-        verdict: verdict as u8,
-        mode: mode as u8,
-        kind: kind as u8,
-        _pad: [0; 2],
-        rule_id,
-        packet_len: ctx.len(),
-        _pad2: [0; 4],
-    });
+    // Field by field into the ring buffer: a FlowEvent built on the stack first would
+    // cost 72 bytes of the 512-byte stack.
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points to reserved ring-buffer memory of FlowEvent's size and alignment;
+    // every field is written before submit.
+    unsafe {
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).endpoint = key.endpoint;
+        (*ev).ifindex = (*here.ctx.skb.skb).ifindex;
+        (*ev).pod_addr = key.pod_addr;
+        (*ev).peer_addr = key.peer_addr;
+        (*ev).pod_port = key.pod_port;
+        (*ev).peer_port = key.peer_port;
+        (*ev).protocol = key.protocol;
+        (*ev).family = family;
+        (*ev).direction = direction as u8;
+        (*ev).verdict = judgment.verdict as u8;
+        (*ev).mode = here.mode as u8;
+        (*ev).kind = kind as u8;
+        (*ev).reason = judgment.reason as u8;
+        (*ev)._pad = 0;
+        (*ev).rule_id = judgment.rule_id;
+        (*ev).packet_len = here.ctx.len();
+        (*ev).peer_identity = judgment.peer_identity;
+    }
     slot.submit(0);
 }
 
@@ -330,6 +641,21 @@ fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot: no other program run writes it concurrently.
         unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_endpoint(endpoint: u32, counter: EndpointCounter) {
+    let key = EndpointCounterKey {
+        endpoint,
+        counter: counter as u32,
+    };
+    match EP_COUNTERS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value: no other program run writes it concurrently.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            let _ = EP_COUNTERS.insert(key, 1, 0);
+        }
     }
 }
 

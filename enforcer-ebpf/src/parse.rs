@@ -24,18 +24,26 @@ const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
-const NEXTHDR_NONE: u8 = 59;
 const NEXTHDR_DEST: u8 = 60;
 /// Extension headers followed before giving up. Real traffic carries one or two.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Router solicitation .. redirect (133-137): neighbour discovery.
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
+/// Multicast listener discovery: query, v1 report, v1 done (130-132) and v2 report (143).
+const MLD_QUERY: u8 = 130;
+const MLD_V1_DONE: u8 = 132;
+const MLD_V2_REPORT: u8 = 143;
 
 /// Where a packet sits in its IP datagram's fragments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,13 +56,35 @@ pub enum Fragment {
     Later,
 }
 
-/// An IP packet the parser classified.
+/// The 5-tuple of the datagram an ICMP error quotes, as that datagram was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub protocol: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Quoted {
+    const EMPTY: Self = Self {
+        protocol: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+    };
+}
+
+/// A classified packet. In the kernel it lives in per-CPU map memory, not on the 512-byte
+/// stack, and the parser fills it in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
     /// 4 or 6.
     pub family: u8,
     /// Transport protocol (after IPv6 extension headers).
     pub protocol: u8,
+    /// For ARP: the sender's protocol address (IPv4-mapped).
     pub src: Addr,
     pub dst: Addr,
     /// Host order. For ICMP echo the echo id sits on the requester's side: `src_port` of a
@@ -64,43 +94,69 @@ pub struct Parsed {
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
     pub fragment: Fragment,
+    /// IP identification of the datagram (IPv4: 16 bits; IPv6: the fragment header's 32
+    /// bits; 0 when not fragmented).
+    pub fragment_id: u32,
+    /// Where this fragment's data starts in the datagram's payload, in bytes.
+    pub fragment_offset: u16,
+    /// An ICMP or ICMPv6 error quoting a datagram (in `quoted`), which belongs to the
+    /// connection the error is about.
+    pub has_quoted: bool,
+    pub quoted: Quoted,
 }
 
-/// What the parser made of a frame.
+impl Parsed {
+    pub const EMPTY: Self = Self {
+        family: 0,
+        protocol: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        fragment: Fragment::None,
+        fragment_id: 0,
+        fragment_offset: 0,
+        has_quoted: false,
+        quoted: Quoted::EMPTY,
+    };
+}
+
+/// What the parser made of a frame. One byte, so out-of-line parsers return it in a
+/// register (BPF subprograms cannot return aggregates).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ip(Parsed),
-    /// ARP: always passes.
+pub enum Kind {
+    /// An IP packet, described in the `Parsed`.
+    Ip,
+    /// ARP; the sender's address is in `Parsed::src`.
     Arp,
-    /// ICMPv6 neighbour discovery (RS, RA, NS, NA, redirect): always passes.
+    /// ICMPv6 neighbour discovery or multicast listener discovery: always passes.
     NeighbourDiscovery,
     /// Truncated or invalid headers, an unknown ethertype, or an IPv6 extension header chain
     /// too long to reach the transport header.
     Unclassified,
 }
 
-/// Classify the frame in `pkt`.
+/// Classify the frame in `pkt`, filling `p` (which must start as [`Parsed::EMPTY`]).
 #[inline(always)]
-pub fn parse<P: Packet + ?Sized>(pkt: &P) -> Outcome {
+pub fn parse_into<P: Packet + ?Sized>(pkt: &P, p: &mut Parsed) -> Kind {
     let Some((ethertype, l3)) = ethernet(pkt) else {
-        return Outcome::Unclassified;
+        return Kind::Unclassified;
     };
-    let parsed = match ethertype {
-        ETH_P_IP => ipv4(pkt, l3),
-        ETH_P_IPV6 => ipv6(pkt, l3),
-        ETH_P_ARP => return Outcome::Arp,
-        _ => None,
-    };
-    match parsed {
-        Some(Classified::Ip(p)) => Outcome::Ip(p),
-        Some(Classified::NeighbourDiscovery) => Outcome::NeighbourDiscovery,
-        None => Outcome::Unclassified,
+    match ethertype {
+        ETH_P_IP => ipv4(pkt, l3, p),
+        ETH_P_IPV6 => ipv6(pkt, l3, p),
+        // Ethernet/IPv4 ARP: the sender protocol address sits 14 bytes in.
+        ETH_P_ARP => match pkt.bytes::<4>(l3 + 14) {
+            Some(sender) => {
+                p.src = from_ipv4(sender);
+                Kind::Arp
+            }
+            None => Kind::Unclassified,
+        },
+        _ => Kind::Unclassified,
     }
-}
-
-enum Classified {
-    Ip(Parsed),
-    NeighbourDiscovery,
 }
 
 /// The ethertype after any VLAN tags, and the offset of the L3 header.
@@ -122,56 +178,70 @@ fn ethernet<P: Packet + ?Sized>(pkt: &P) -> Option<(u16, usize)> {
     Some((ethertype, off))
 }
 
-#[inline(always)]
-fn ipv4<P: Packet + ?Sized>(pkt: &P, off: usize) -> Option<Classified> {
-    let hdr: [u8; 20] = pkt.bytes(off)?;
-    if hdr[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(hdr[0] & 0x0f) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    let offset = frag & 0x1fff;
-    let fragment = match (offset, more_fragments) {
+fn fragment_kind(offset: u16, more: bool) -> Fragment {
+    match (offset, more) {
         (0, false) => Fragment::None,
         (0, true) => Fragment::First,
         _ => Fragment::Later,
-    };
-    let src = from_ipv4([hdr[12], hdr[13], hdr[14], hdr[15]]);
-    let dst = from_ipv4([hdr[16], hdr[17], hdr[18], hdr[19]]);
-    transport(pkt, off + ihl, 4, hdr[9], src, dst, fragment)
+    }
 }
 
-#[inline(always)]
-fn ipv6<P: Packet + ?Sized>(pkt: &P, off: usize) -> Option<Classified> {
-    let fixed: [u8; 8] = pkt.bytes(off)?;
-    if fixed[0] >> 4 != 6 {
-        return None;
+// Out of line: in BPF each header parser gets its own stack frame.
+#[inline(never)]
+fn ipv4<P: Packet + ?Sized>(pkt: &P, off: usize, p: &mut Parsed) -> Kind {
+    let Some(hdr) = pkt.bytes::<20>(off) else {
+        return Kind::Unclassified;
+    };
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
+    if hdr[0] >> 4 != 4 || ihl < 20 {
+        return Kind::Unclassified;
     }
-    let src: Addr = pkt.bytes(off + 8)?;
-    let dst: Addr = pkt.bytes(off + 24)?;
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let offset = frag & 0x1fff;
+    p.family = 4;
+    p.protocol = hdr[9];
+    p.src = from_ipv4([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    p.dst = from_ipv4([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    p.fragment = fragment_kind(offset, frag & 0x2000 != 0);
+    if p.fragment != Fragment::None {
+        p.fragment_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+        p.fragment_offset = offset.wrapping_mul(8);
+    }
+    transport(pkt, off + ihl, p)
+}
+
+#[inline(never)]
+fn ipv6<P: Packet + ?Sized>(pkt: &P, off: usize, p: &mut Parsed) -> Kind {
+    let Some(fixed) = pkt.bytes::<8>(off) else {
+        return Kind::Unclassified;
+    };
+    if fixed[0] >> 4 != 6 {
+        return Kind::Unclassified;
+    }
+    let (Some(src), Some(dst)) = (pkt.bytes::<16>(off + 8), pkt.bytes::<16>(off + 24)) else {
+        return Kind::Unclassified;
+    };
+    p.family = 6;
+    p.src = src;
+    p.dst = dst;
     let mut next = fixed[6];
     let mut l4 = off + IPV6_HLEN;
-    let mut fragment = Fragment::None;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let ext: [u8; 4] = match next {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
-                pkt.bytes(l4)?
-            }
-            _ => return transport(pkt, l4, 6, next, src, dst, fragment),
+        if !matches!(
+            next,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+        ) {
+            break;
+        }
+        let Some(ext) = pkt.bytes::<8>(l4) else {
+            return Kind::Unclassified;
         };
         let len = match next {
             NEXTHDR_FRAGMENT => {
                 let offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
-                let more = ext[3] & 1 != 0;
-                fragment = match (offset, more) {
-                    (0, false) => Fragment::None,
-                    (0, true) => Fragment::First,
-                    _ => Fragment::Later,
-                };
+                p.fragment = fragment_kind(offset, ext[3] & 1 != 0);
+                p.fragment_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                p.fragment_offset = offset.wrapping_mul(8);
                 8
             }
             // AH counts its length in 4-byte units, minus 2.
@@ -182,71 +252,132 @@ fn ipv6<P: Packet + ?Sized>(pkt: &P, off: usize) -> Option<Classified> {
         l4 += len;
     }
     // Still inside the extension header chain: refuse to guess.
-    match next {
-        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => None,
-        _ => transport(pkt, l4, 6, next, src, dst, fragment),
+    if matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+    ) {
+        return Kind::Unclassified;
     }
+    p.protocol = next;
+    transport(pkt, l4, p)
 }
 
 #[inline(always)]
-fn transport<P: Packet + ?Sized>(
-    pkt: &P,
-    off: usize,
-    family: u8,
-    protocol: u8,
-    src: Addr,
-    dst: Addr,
-    fragment: Fragment,
-) -> Option<Classified> {
-    let mut parsed = Parsed {
-        family,
-        protocol,
-        src,
-        dst,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        fragment,
-    };
-    if fragment == Fragment::Later {
-        return Some(Classified::Ip(parsed));
+fn transport<P: Packet + ?Sized>(pkt: &P, off: usize, p: &mut Parsed) -> Kind {
+    if p.fragment == Fragment::Later {
+        return Kind::Ip;
     }
-    match protocol {
+    match p.protocol {
         proto::TCP => {
-            let h: [u8; 14] = pkt.bytes(off)?;
-            parsed.src_port = u16::from_be_bytes([h[0], h[1]]);
-            parsed.dst_port = u16::from_be_bytes([h[2], h[3]]);
-            parsed.tcp_flags = h[13];
+            let Some(h) = pkt.bytes::<14>(off) else {
+                return Kind::Unclassified;
+            };
+            p.src_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            p.tcp_flags = h[13];
         }
         proto::UDP | proto::SCTP => {
-            let h: [u8; 4] = pkt.bytes(off)?;
-            parsed.src_port = u16::from_be_bytes([h[0], h[1]]);
-            parsed.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            let Some(h) = pkt.bytes::<4>(off) else {
+                return Kind::Unclassified;
+            };
+            p.src_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dst_port = u16::from_be_bytes([h[2], h[3]]);
         }
-        proto::ICMP if family == 4 => {
-            let h: [u8; 8] = pkt.bytes(off)?;
+        proto::ICMP if p.family == 4 => {
+            let Some(h) = pkt.bytes::<8>(off) else {
+                return Kind::Unclassified;
+            };
             let id = u16::from_be_bytes([h[4], h[5]]);
             match h[0] {
-                ICMP_ECHO_REQUEST => parsed.src_port = id,
-                ICMP_ECHO_REPLY => parsed.dst_port = id,
+                ICMP_ECHO_REQUEST => p.src_port = id,
+                ICMP_ECHO_REPLY => p.dst_port = id,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    p.has_quoted = quoted_ipv4(pkt, off + 8, &mut p.quoted);
+                }
                 _ => {}
             }
         }
-        proto::ICMPV6 if family == 6 => {
-            let h: [u8; 8] = pkt.bytes(off)?;
+        proto::ICMPV6 if p.family == 6 => {
+            let Some(h) = pkt.bytes::<8>(off) else {
+                return Kind::Unclassified;
+            };
             let id = u16::from_be_bytes([h[4], h[5]]);
             match h[0] {
-                ICMPV6_ECHO_REQUEST => parsed.src_port = id,
-                ICMPV6_ECHO_REPLY => parsed.dst_port = id,
-                ICMPV6_ND_FIRST..=ICMPV6_ND_LAST => return Some(Classified::NeighbourDiscovery),
+                ICMPV6_ECHO_REQUEST => p.src_port = id,
+                ICMPV6_ECHO_REPLY => p.dst_port = id,
+                ICMPV6_ND_FIRST..=ICMPV6_ND_LAST | MLD_QUERY..=MLD_V1_DONE | MLD_V2_REPORT => {
+                    return Kind::NeighbourDiscovery;
+                }
+                ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM => {
+                    p.has_quoted = quoted_ipv6(pkt, off + 8, &mut p.quoted);
+                }
                 _ => {}
             }
         }
-        NEXTHDR_NONE => {}
         // Other protocols (GRE, ESP, ...) are classified by address and protocol alone.
         _ => {}
     }
-    Some(Classified::Ip(parsed))
+    Kind::Ip
+}
+
+/// The IPv4 datagram quoted by an ICMP error, starting at `off`.
+#[inline(never)]
+fn quoted_ipv4<P: Packet + ?Sized>(pkt: &P, off: usize, q: &mut Quoted) -> bool {
+    let Some(hdr) = pkt.bytes::<20>(off) else {
+        return false;
+    };
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
+    if hdr[0] >> 4 != 4 || ihl < 20 {
+        return false;
+    }
+    q.protocol = hdr[9];
+    q.src = from_ipv4([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    q.dst = from_ipv4([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    quoted_ports(pkt, off + ihl, q)
+}
+
+/// The IPv6 datagram quoted by an ICMPv6 error (no extension headers followed: a quote
+/// with them is judged as plain ICMPv6).
+#[inline(never)]
+fn quoted_ipv6<P: Packet + ?Sized>(pkt: &P, off: usize, q: &mut Quoted) -> bool {
+    let Some(fixed) = pkt.bytes::<8>(off) else {
+        return false;
+    };
+    let (Some(src), Some(dst)) = (pkt.bytes::<16>(off + 8), pkt.bytes::<16>(off + 24)) else {
+        return false;
+    };
+    if fixed[0] >> 4 != 6 {
+        return false;
+    }
+    q.protocol = fixed[6];
+    q.src = src;
+    q.dst = dst;
+    quoted_ports(pkt, off + IPV6_HLEN, q)
+}
+
+#[inline(always)]
+fn quoted_ports<P: Packet + ?Sized>(pkt: &P, off: usize, q: &mut Quoted) -> bool {
+    // Errors quote at least 8 bytes of the transport header: enough for the ports.
+    let Some(h) = pkt.bytes::<8>(off) else {
+        return false;
+    };
+    let (src_port, dst_port) = match q.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]),
+        ),
+        proto::ICMP | proto::ICMPV6 => {
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            match h[0] {
+                ICMP_ECHO_REQUEST | ICMPV6_ECHO_REQUEST => (id, 0),
+                _ => (0, id),
+            }
+        }
+        _ => return false,
+    };
+    q.src_port = src_port;
+    q.dst_port = dst_port;
+    true
 }
 
 #[cfg(test)]
@@ -257,6 +388,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// What the tests compare: the kind, and the packet when it is IP.
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Ip(Parsed),
+        Arp,
+        NeighbourDiscovery,
+        Unclassified,
+    }
+
+    fn parse(bytes: &[u8]) -> Outcome {
+        let mut p = Parsed::EMPTY;
+        match parse_into(bytes, &mut p) {
+            Kind::Ip => Outcome::Ip(p),
+            Kind::Arp => Outcome::Arp,
+            Kind::NeighbourDiscovery => Outcome::NeighbourDiscovery,
+            Kind::Unclassified => Outcome::Unclassified,
+        }
+    }
 
     /// Builds frames the way a NIC would hand them to TC.
     #[derive(Clone, Debug)]

@@ -60,11 +60,11 @@ pub enum Error {
     #[error("interface {interface:?} is not a Palisade endpoint")]
     NotAnEndpoint { interface: String },
 
-    #[error("invalid rule for the endpoint on ifindex {ifindex}")]
-    InvalidRule {
+    #[error("invalid rules for the endpoint on ifindex {ifindex}")]
+    Rules {
         ifindex: u32,
         #[source]
-        source: crate::datapath::rules::InvalidRule,
+        source: model::rules::RuleError,
     },
 
     #[error("attaching needs TCX (Linux >= 6.6); this kernel is {kernel}")]

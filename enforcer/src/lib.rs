@@ -12,6 +12,7 @@
 //! - [`netns`]: entering named network namespaces.
 //! - [`lab`]: `palisade lab`: topology files, namespaces and veths, pod servers, probes.
 //! - [`paths`]: default locations (bpffs root, run folder).
+//! - [`policy_file`]: a node's compiled rules and identities as a YAML file.
 //! - [`error`]: the library's error type.
 pub mod agent;
 pub mod args;
@@ -21,5 +22,6 @@ pub mod lab;
 pub mod names;
 pub mod netns;
 pub mod paths;
+pub mod policy_file;
 
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::{
     io::IsTerminal as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -11,19 +11,16 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use enforcer::{
     agent::{self, AgentConfig},
-    args::{ModeArg, parse_protocol},
+    args::ModeArg,
     datapath::{
-        self, EndpointSpec, Pins,
-        records::Namer,
-        rules::{self, DenyRule},
-        stats,
-        tables::{Denies, Endpoints},
+        self, EndpointSpec, Pins, records::Namer, rules, stats, tables::Endpoints,
+        writer::PinnedWriter,
     },
     lab,
     names::Names,
     netns, paths,
+    policy_file::NodePolicy,
 };
-use model::Protocol;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -102,10 +99,14 @@ enum Command {
         #[arg(value_enum)]
         mode: ModeArg,
     },
-    /// Deny rules: the first enforcement primitive (peer, optionally protocol and port).
-    Deny {
-        #[command(subcommand)]
-        action: DenyAction,
+    /// Enforce a node's compiled rules and identities (YAML or JSON; see
+    /// `enforcer::policy_file`). Each endpoint's rules are swapped in atomically.
+    Policy {
+        #[command(flatten)]
+        node: Node,
+        /// The file to apply.
+        #[arg(short, long)]
+        file: PathBuf,
     },
     /// Live connections with their counters.
     Conntrack {
@@ -133,46 +134,6 @@ enum Command {
         #[command(subcommand)]
         command: lab::cli::LabCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum DenyAction {
-    /// Add (or replace) a rule; live connections it matches are judged again.
-    Add {
-        #[command(flatten)]
-        rule: DenyArgs,
-        /// Reported with every verdict this rule causes.
-        #[arg(long, default_value_t = 1)]
-        rule_id: u32,
-    },
-    /// Remove a rule.
-    Remove {
-        #[command(flatten)]
-        rule: DenyArgs,
-    },
-    /// The rules of one endpoint.
-    List {
-        #[command(flatten)]
-        node: Node,
-        #[arg(long = "iface")]
-        interface: String,
-    },
-}
-
-#[derive(Args)]
-struct DenyArgs {
-    #[command(flatten)]
-    node: Node,
-    #[arg(long = "iface")]
-    interface: String,
-    #[arg(long)]
-    peer: IpAddr,
-    /// tcp, udp, sctp, icmp, icmpv6; omitted = every protocol.
-    #[arg(long, value_parser = parse_protocol)]
-    protocol: Option<Protocol>,
-    /// Server port (needs --protocol); omitted = every port.
-    #[arg(long)]
-    port: Option<u16>,
 }
 
 fn main() -> Result<()> {
@@ -246,7 +207,13 @@ fn main() -> Result<()> {
             rules::set_mode(&mut Endpoints::open_endpoints(&pins)?, ifindex, mode.into())?;
             Ok(())
         }
-        Command::Deny { action } => deny(action),
+        Command::Policy { node, file } => {
+            let policy = NodePolicy::load(&file)?;
+            let pins = enter(&node)?;
+            let desired = policy.resolve(datapath::attach::ifindex_of)?;
+            PinnedWriter::open(&pins)?.apply(&desired)?;
+            Ok(())
+        }
         Command::Conntrack { node, json } => conntrack(&enter(&node)?, json),
         Command::Counters { node } => {
             for (counter, value) in stats::counters(&enter(&node)?)? {
@@ -304,40 +271,6 @@ fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
         };
         agent::run(config, out, shutdown).await
     })?;
-    Ok(())
-}
-
-fn deny(action: DenyAction) -> Result<()> {
-    let (args, rule_id, add) = match action {
-        DenyAction::List { node, interface } => {
-            let pins = enter(&node)?;
-            let ifindex = datapath::attach::ifindex_of(&interface)?;
-            let endpoints = Endpoints::open_endpoints(&pins)?;
-            for r in rules::denies_of(&endpoints, &Denies::open_denies(&pins)?, ifindex)? {
-                let protocol = r.protocol.map_or("any".to_owned(), |p| p.to_string());
-                let port = r.port.map_or("any".to_owned(), |p| p.to_string());
-                println!("{:<40} {protocol:<7} {port:<6} rule {}", r.peer, r.rule_id);
-            }
-            return Ok(());
-        }
-        DenyAction::Add { rule, rule_id } => (rule, rule_id, true),
-        DenyAction::Remove { rule } => (rule, 0, false),
-    };
-    let pins = enter(&args.node)?;
-    let ifindex = datapath::attach::ifindex_of(&args.interface)?;
-    let rule = DenyRule {
-        peer: args.peer,
-        protocol: args.protocol,
-        port: args.port,
-        rule_id,
-    };
-    let mut endpoints = Endpoints::open_endpoints(&pins)?;
-    let mut denies = Denies::open_denies(&pins)?;
-    if add {
-        rules::add_deny(&mut endpoints, &mut denies, ifindex, &rule)?;
-    } else if !rules::remove_deny(&mut endpoints, &mut denies, ifindex, &rule)? {
-        anyhow::bail!("no such rule on {}", args.interface);
-    }
     Ok(())
 }
 

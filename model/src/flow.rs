@@ -87,6 +87,28 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// Why the datapath gave its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// A rule allows it (see `rule`).
+    Rule,
+    /// The direction is not isolated for this pod.
+    Open,
+    /// The peer is the pod's own node.
+    Host,
+    /// Learn mode.
+    Learn,
+    /// Isolated, and no rule allows it.
+    NoRule,
+    /// The pod sent from an address that is not its own.
+    Spoofed,
+    /// The packet could not be classified.
+    Unclassified,
+    /// A later IP fragment without an allowed first fragment.
+    Fragment,
+}
+
 /// Why this record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -137,9 +159,12 @@ pub struct FlowRecord {
     pub remote: Peer,
     pub verdict: Verdict,
     pub mode: Mode,
-    /// The rule behind a deny or would-deny.
+    /// The rule behind an allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
+    /// Why the verdict (absent in conntrack exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,
 }
@@ -184,6 +209,7 @@ mod tests {
             verdict: Verdict::Allow,
             mode: Mode::Enforce,
             rule: None,
+            reason: None,
             counters: None,
         }
     }

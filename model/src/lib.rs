@@ -9,4 +9,4 @@ pub mod flow;
 pub mod identity;
 pub mod rules;
 
-pub use flow::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Verdict};
+pub use flow::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Reason, Verdict};

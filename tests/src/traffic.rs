@@ -90,3 +90,33 @@ pub fn udp_echo(
         Ok(echoed)
     })
 }
+
+/// A TCP connection kept open across steps of a test.
+pub struct TcpSession {
+    stream: TcpStream,
+}
+
+impl TcpSession {
+    pub fn open(netns_name: &str, peer: SocketAddr) -> io::Result<Self> {
+        in_netns(netns_name, || {
+            let socket = Socket::new(Domain::for_address(peer), Type::STREAM, Some(Protocol::TCP))?;
+            socket.connect_timeout(&peer.into(), TIMEOUT)?;
+            let stream: TcpStream = socket.into();
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.set_write_timeout(Some(TIMEOUT))?;
+            Ok(Self { stream })
+        })
+    }
+
+    /// Send `payload` and read its echo (an error when the connection is cut).
+    pub fn echo(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.stream.write_all(payload)?;
+        let mut echo = vec![0u8; payload.len()];
+        self.stream.read_exact(&mut echo)?;
+        if echo == payload {
+            Ok(())
+        } else {
+            Err(io::Error::other("echo differs"))
+        }
+    }
+}

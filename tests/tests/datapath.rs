@@ -12,15 +12,18 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use enforcer::{
     datapath::{
-        self, EndpointSpec,
-        rules::{self, DenyRule},
-        stats,
-        tables::{Denies, Endpoints},
+        self, EndpointSpec, rules, stats,
+        tables::Endpoints,
+        writer::{Desired, PinnedWriter},
     },
     lab::state::Pod,
     netns,
 };
-use model::{Direction, FlowKind, FlowRecord, Mode, Protocol, Verdict};
+use model::{
+    Direction, FlowKind, FlowRecord, Mode, Protocol, Reason, Verdict,
+    identity::Identity,
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+};
 use tests::{agent::Agent, lab::TestLab, require_root, traffic};
 
 const TOPOLOGY: &str = r#"
@@ -102,21 +105,36 @@ impl Node {
         .unwrap()
     }
 
-    fn deny(&self, pod: &str, rule: DenyRule) {
+    /// Give the pods identities (a: 300, b: 301, the node's addresses: host) and set the
+    /// rules of one pod.
+    fn set_rules(&self, pod: &str, rules: EndpointRules) {
+        let mut desired = Desired::default();
+        for (name, id) in [("t/a", A_ID), ("t/b", B_ID)] {
+            let p = self.pod(name);
+            desired.ipcache.insert(p.ipv4.into(), id);
+            desired.ipcache.insert(p.ipv6.into(), id);
+        }
+        for node_addr in ["169.254.1.1", "fd00:10:244::1"] {
+            desired
+                .ipcache
+                .insert(node_addr.parse().unwrap(), Identity::HOST);
+        }
         let pins = self.lab.pins();
         self.on_endpoint(pod, |ifindex| {
-            let mut endpoints = Endpoints::open_endpoints(&pins).unwrap();
-            let mut denies = Denies::open_denies(&pins).unwrap();
-            rules::add_deny(&mut endpoints, &mut denies, ifindex, &rule).unwrap();
+            desired.endpoints.insert(ifindex, rules);
+            PinnedWriter::open(&pins).unwrap().apply(&desired).unwrap();
         });
     }
 
-    fn allow(&self, pod: &str, rule: DenyRule) {
+    fn set_mode(&self, pod: &str, mode: Mode) {
         let pins = self.lab.pins();
         self.on_endpoint(pod, |ifindex| {
-            let mut endpoints = Endpoints::open_endpoints(&pins).unwrap();
-            let mut denies = Denies::open_denies(&pins).unwrap();
-            assert!(rules::remove_deny(&mut endpoints, &mut denies, ifindex, &rule).unwrap());
+            rules::set_mode(
+                &mut Endpoints::open_endpoints(&pins).unwrap(),
+                ifindex,
+                mode,
+            )
+            .unwrap();
         });
     }
 
@@ -358,102 +376,184 @@ fn one_flow_event_per_connection_per_endpoint_with_exact_counters() {
     }
 }
 
-fn rule(peer: IpAddr, protocol: Protocol, port: u16) -> DenyRule {
-    DenyRule {
+const A_ID: Identity = Identity(300);
+const B_ID: Identity = Identity(301);
+
+fn rule(id: u32, direction: Direction, peer: Peer, protocol: Protocol, port: u16) -> Rule {
+    Rule {
+        id,
+        direction,
         peer,
         protocol: Some(protocol),
-        port: Some(port),
-        rule_id: 7,
+        ports: Some(PortRange::single(port)),
     }
 }
 
+fn isolated(rules: Vec<Rule>) -> EndpointRules {
+    EndpointRules {
+        ingress: Isolation::Isolated,
+        egress: Isolation::Isolated,
+        rules,
+    }
+}
+
+fn open() -> EndpointRules {
+    EndpointRules {
+        ingress: Isolation::Open,
+        egress: Isolation::Open,
+        rules: vec![],
+    }
+}
+
+/// a may open TCP 8080 to b, and b may send UDP 5353 to a; nothing else, either way.
+fn a_rules() -> EndpointRules {
+    isolated(vec![
+        rule(
+            11,
+            Direction::Egress,
+            Peer::Identity(B_ID),
+            Protocol::Tcp,
+            8080,
+        ),
+        rule(
+            12,
+            Direction::Ingress,
+            Peer::Identity(B_ID),
+            Protocol::Udp,
+            5353,
+        ),
+    ])
+}
+
 #[test]
-fn a_deny_entry_blocks_new_connections_both_ways_and_removing_it_restores_them() {
+fn isolated_endpoints_pass_only_what_a_rule_allows_in_each_direction() {
     require_root!();
     let node = Node::up(Mode::Enforce);
     let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    node.set_rules("t/a", a_rules());
+    let udp = |from: &Pod, to: IpAddr, port| {
+        traffic::udp_echo(&from.netns, port, SocketAddr::new(to, 5353), 2, 32).unwrap()
+    };
     for family in [4u8, 6] {
         let (a_ip, b_ip) = (addr(a, family), addr(b, family));
-        let rules = [
-            rule(b_ip, Protocol::Tcp, 8080),
-            rule(b_ip, Protocol::Udp, 5353),
-        ];
-        for r in rules {
-            node.deny("t/a", r);
-        }
-        // a's own rules protect a in both directions: a -> b and b -> a.
-        assert!(
-            !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
-            "IPv{family}"
-        );
-        assert!(
-            !traffic::tcp_connects(&b.netns, SocketAddr::new(a_ip, 8080)),
-            "IPv{family}"
-        );
-        let udp = |from: &Pod, to: IpAddr, port| {
-            traffic::udp_echo(&from.netns, port, SocketAddr::new(to, 5353), 2, 32).unwrap()
-        };
-        assert_eq!(
-            udp(a, b_ip, 41_000 + u16::from(family)),
-            0,
-            "IPv{family} UDP a -> b"
-        );
-        assert_eq!(
-            udp(b, a_ip, 41_100 + u16::from(family)),
-            0,
-            "IPv{family} UDP b -> a"
-        );
-        // Only what the rules name: other peers and ports still work.
-        assert!(traffic::tcp_connects(
-            &a.netns,
-            SocketAddr::new(ext(family), 443)
-        ));
-
-        let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
-            rs.iter()
-                .filter(|r| r.verdict == Verdict::Deny && r.rule == Some(7))
-                .count()
-                >= 4 * usize::from(family / 2)
-        });
-        let denied: Vec<_> = records
-            .iter()
-            .filter(|r| r.verdict == Verdict::Deny && r.local.ip == a_ip && r.remote.ip == b_ip)
-            .collect();
-        assert!(
-            denied
-                .iter()
-                .any(|r| r.protocol == Protocol::Tcp && r.direction == Direction::Egress)
-                && denied
-                    .iter()
-                    .any(|r| r.protocol == Protocol::Tcp && r.direction == Direction::Ingress)
-                && denied
-                    .iter()
-                    .any(|r| r.protocol == Protocol::Udp && r.direction == Direction::Egress)
-                && denied
-                    .iter()
-                    .any(|r| r.protocol == Protocol::Udp && r.direction == Direction::Ingress),
-            "IPv{family} deny events in both directions: {denied:#?}"
-        );
-        assert!(
-            denied
-                .iter()
-                .all(|r| r.interface == a.host_interface && r.rule == Some(7))
-        );
-
-        for r in rules {
-            node.allow("t/a", r);
-        }
+        let tag = format!("IPv{family}");
         assert!(
             traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
-            "IPv{family}"
+            "{tag} rule 11"
+        );
+        assert_eq!(udp(b, a_ip, 41_000 + u16::from(family)), 2, "{tag} rule 12");
+        assert!(
+            !traffic::tcp_connects(&b.netns, SocketAddr::new(a_ip, 8080)),
+            "{tag} ingress TCP"
+        );
+        assert_eq!(
+            udp(a, b_ip, 41_100 + u16::from(family)),
+            0,
+            "{tag} egress UDP"
         );
         assert!(
-            traffic::tcp_connects(&b.netns, SocketAddr::new(a_ip, 8080)),
-            "IPv{family}"
+            !traffic::tcp_connects(&a.netns, SocketAddr::new(ext(family), 443)),
+            "{tag} world"
         );
-        assert_eq!(udp(a, b_ip, 41_200 + u16::from(family)), 2);
-        assert_eq!(udp(b, a_ip, 41_300 + u16::from(family)), 2);
     }
+    // The pod's own node always reaches it (kubelet probes), isolated or not.
+    assert!(traffic::tcp_connects(
+        &node.lab.node_netns(),
+        SocketAddr::new(a.ipv4.into(), 8080)
+    ));
+
+    let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+        rs.iter().filter(|r| r.verdict == Verdict::Deny).count() >= 6
+    });
+    let on_a = |verdict, reason| {
+        records
+            .iter()
+            .filter(|r| {
+                r.interface == a.host_interface && r.verdict == verdict && r.reason == Some(reason)
+            })
+            .collect::<Vec<_>>()
+    };
+    let allowed = on_a(Verdict::Allow, Reason::Rule);
+    assert!(
+        allowed
+            .iter()
+            .any(|r| r.rule == Some(11) && r.direction == Direction::Egress),
+        "{allowed:#?}"
+    );
+    assert!(
+        allowed
+            .iter()
+            .any(|r| r.rule == Some(12) && r.direction == Direction::Ingress),
+        "{allowed:#?}"
+    );
+    let denied = on_a(Verdict::Deny, Reason::NoRule);
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.protocol == Protocol::Tcp && r.direction == Direction::Ingress),
+        "{denied:#?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.protocol == Protocol::Udp && r.direction == Direction::Egress),
+        "{denied:#?}"
+    );
+    assert!(denied.iter().any(|r| r.remote.ip == ext(4)), "{denied:#?}");
+    assert!(
+        on_a(Verdict::Allow, Reason::Host)
+            .iter()
+            .any(|r| r.direction == Direction::Ingress)
+    );
+
+    // Monitor mode: the same connections pass and are reported as would-deny.
+    node.set_mode("t/a", Mode::Monitor);
+    assert!(traffic::tcp_connects(
+        &a.netns,
+        SocketAddr::new(ext(4), 443)
+    ));
+    let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+        rs.iter().any(|r| r.verdict == Verdict::WouldDeny)
+    });
+    assert!(
+        records
+            .iter()
+            .any(|r| r.verdict == Verdict::WouldDeny && r.remote.ip == ext(4))
+    );
+
+    // Open again: everything passes.
+    node.set_mode("t/a", Mode::Enforce);
+    node.set_rules("t/a", open());
+    assert!(traffic::tcp_connects(
+        &b.netns,
+        SocketAddr::new(a.ipv4.into(), 8080)
+    ));
+    assert_eq!(udp(a, b.ipv4.into(), 41_300), 2);
+}
+
+#[test]
+fn a_connection_opened_in_learn_mode_is_cut_when_enforcement_starts() {
+    require_root!();
+    let node = Node::up(Mode::Learn);
+    let a = node.pod("t/a");
+    node.set_rules("t/a", isolated(vec![]));
+    let mut session = traffic::TcpSession::open(&a.netns, SocketAddr::new(ext(4), 443)).unwrap();
+    assert!(session.echo(b"learning").is_ok(), "learn mode allows");
+    node.set_mode("t/a", Mode::Enforce);
+    assert!(
+        session.echo(b"enforcing").is_err(),
+        "the live connection is cut"
+    );
+    let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+        rs.iter()
+            .any(|r| r.kind == FlowKind::Rejudged && r.verdict == Verdict::Deny)
+    });
+    assert!(
+        records.iter().any(|r| r.kind == FlowKind::Rejudged
+            && r.verdict == Verdict::Deny
+            && r.remote.ip == ext(4)),
+        "{records:#?}"
+    );
 }
 
 #[test]
@@ -462,23 +562,25 @@ fn enforcement_outlives_the_agent_and_a_restart_reuses_the_pins() {
     let mut node = Node::up(Mode::Enforce);
     let (a, b) = (node.pod("t/a").clone(), node.pod("t/b").clone());
     let b_ip = IpAddr::from(b.ipv4);
-    node.deny("t/a", rule(b_ip, Protocol::Tcp, 8080));
+    node.set_rules("t/a", a_rules());
     let before = node.attached_programs("t/a");
     assert_eq!(
         (before.0.len(), before.1.len()),
         (1, 1),
         "one program per hook: {before:?}"
     );
+    let mut live = traffic::TcpSession::open(&a.netns, SocketAddr::new(b_ip, 8080)).unwrap();
 
     node.agent.take().unwrap().kill();
     assert!(
-        !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
-        "deny gone with the agent"
+        live.echo(b"still here").is_ok(),
+        "an established connection outlives the agent"
     );
-    assert!(traffic::tcp_connects(
-        &a.netns,
-        SocketAddr::new(ext(4), 443)
-    ));
+    assert!(
+        !traffic::tcp_connects(&a.netns, SocketAddr::new(ext(4), 443)),
+        "isolation gone with the agent"
+    );
+    assert!(traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)));
     assert_eq!(
         node.attached_programs("t/a"),
         before,
@@ -493,9 +595,10 @@ fn enforcement_outlives_the_agent_and_a_restart_reuses_the_pins() {
         "attached twice after restart: {after:?}"
     );
     assert!(
-        !traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
-        "the pinned deny map was reused"
+        !traffic::tcp_connects(&a.netns, SocketAddr::new(ext(4), 443)),
+        "the pinned maps were reused"
     );
+    assert!(live.echo(b"after restart").is_ok());
     // Re-attaching an attached endpoint (what a reconciling agent does) adds nothing either.
     node.attach("t/a", Mode::Enforce);
     assert_eq!(node.attached_programs("t/a"), after);
@@ -504,23 +607,26 @@ fn enforcement_outlives_the_agent_and_a_restart_reuses_the_pins() {
     traffic::tcp_echo(
         &a.netns,
         42_000,
-        SocketAddr::new(ext(4), 443),
+        SocketAddr::new(b_ip, 8080),
         b"after restart",
     )
     .unwrap();
     let records = settle(
         node.agent(),
         Protocol::Tcp,
-        &[(&a.host_interface, a.ipv4.into(), ext(4))],
+        &[(&a.host_interface, a.ipv4.into(), b_ip)],
     );
     assert!(
         records
             .iter()
-            .any(|r| r.local.port == 42_000 && r.remote.ip == ext(4)),
+            .any(|r| r.local.port == 42_000 && r.remote.ip == b_ip),
         "{records:#?}"
     );
-    node.allow("t/a", rule(b_ip, Protocol::Tcp, 8080));
-    assert!(traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)));
+    node.set_rules("t/a", open());
+    assert!(traffic::tcp_connects(
+        &a.netns,
+        SocketAddr::new(ext(4), 443)
+    ));
 }
 
 #[test]
@@ -529,7 +635,11 @@ fn uninstall_leaves_no_program_link_pin_or_qdisc_behind() {
     let mut node = Node::up(Mode::Enforce);
     let a = node.pod("t/a").clone();
     let b_ip = IpAddr::from(node.pod("t/b").ipv4);
-    node.deny("t/a", rule(b_ip, Protocol::Tcp, 8080));
+    node.set_rules("t/a", isolated(vec![]));
+    assert!(!traffic::tcp_connects(
+        &a.netns,
+        SocketAddr::new(b_ip, 8080)
+    ));
     let (ingress, egress) = node.attached_programs("t/a");
     let ours: Vec<u32> = ingress.into_iter().chain(egress).collect();
     assert_eq!(ours.len(), 2);

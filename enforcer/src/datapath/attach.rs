@@ -17,7 +17,8 @@ use tracing::info;
 use super::{
     Pins,
     rules::{self, EndpointConfig},
-    tables::{Denies, Endpoints},
+    tables::Endpoints,
+    writer::PinnedWriter,
 };
 use crate::error::{Error, Result};
 
@@ -108,11 +109,7 @@ pub fn detach_ifindex(pins: &Pins, ifindex: u32) -> Result<()> {
             Err(source) => return Err(Error::Pin { path, source }),
         }
     }
-    rules::forget_endpoint(
-        &mut Endpoints::open_endpoints(pins)?,
-        &mut Denies::open_denies(pins)?,
-        ifindex,
-    )
+    PinnedWriter::open(pins)?.forget(ifindex)
 }
 
 /// The ifindex of `interface` in the calling thread's network namespace.

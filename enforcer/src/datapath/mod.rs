@@ -9,13 +9,16 @@
 //! - [`pins`]: the versioned bpffs layout (`<root>/v1/{maps,progs,links}`).
 //! - [`install`]: loading the object, reusing pinned maps, pinning programs, upgrading links.
 //! - [`attach`]: attaching and detaching one endpoint (TCX links, pinned).
-//! - [`tables`]: the `ENDPOINTS` and `DENY` maps behind traits, with in-memory twins.
-//! - [`rules`]: deny-rule edits and endpoint registration, written once over the traits.
+//! - [`tables`]: the maps user space edits behind one trait, with in-memory twins.
+//! - [`rules`]: endpoint registration and mode, over the trait; the kernel address form.
+//! - [`compile`]: the rule model -> `POLICY` and `CIDRS` entries (pure).
+//! - [`writer`]: writing a node's rules and identities in an order that never opens a gap.
 //! - [`records`]: kernel events and conntrack entries -> `model::FlowRecord` (the one place).
 //! - [`events`]: reading the ring buffer.
 //! - [`stats`]: conntrack dumps and per-CPU counters.
 //! - [`uninstall`]: removing everything Palisade pinned.
 pub mod attach;
+pub mod compile;
 pub mod events;
 pub mod install;
 pub mod object;
@@ -25,6 +28,7 @@ pub mod rules;
 pub mod stats;
 pub mod tables;
 pub mod uninstall;
+pub mod writer;
 
 pub use attach::{EndpointSpec, attach, detach};
 pub use install::{Installed, install};

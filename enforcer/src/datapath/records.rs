@@ -11,7 +11,7 @@ use enforcer_common::{
     conntrack::{ConntrackKey, ConntrackValue},
     event::{EventKind, FlowEvent},
 };
-use model::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Verdict};
+use model::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Reason, Verdict};
 use nix::time::{ClockId, clock_gettime};
 
 use super::rules::ip_from_kernel;
@@ -122,6 +122,7 @@ impl Namer {
             verdict: verdict(ev.verdict)?,
             mode: mode(ev.mode)?,
             rule: (ev.rule_id != 0).then_some(ev.rule_id),
+            reason: Some(reason(ev.reason)?),
             counters: None,
         })
     }
@@ -147,6 +148,7 @@ impl Namer {
             verdict: verdict(value.verdict)?,
             mode: mode(value.mode)?,
             rule: (value.rule_id != 0).then_some(value.rule_id),
+            reason: None,
             counters: Some(Counters {
                 packets_from_pod: value.packets_from_pod,
                 bytes_from_pod: value.bytes_from_pod,
@@ -178,6 +180,21 @@ fn verdict(v: u8) -> Result<Verdict, DecodeError> {
     }
 }
 
+fn reason(v: u8) -> Result<Reason, DecodeError> {
+    use abi::event::Reason as R;
+    Ok(match R::from_u8(v) {
+        Some(R::Rule) => Reason::Rule,
+        Some(R::Open) => Reason::Open,
+        Some(R::Host) => Reason::Host,
+        Some(R::Learn) => Reason::Learn,
+        Some(R::NoRule) => Reason::NoRule,
+        Some(R::Spoofed) => Reason::Spoofed,
+        Some(R::Unclassified) => Reason::Unclassified,
+        Some(R::Fragment) => Reason::Fragment,
+        None => return Err(bad("reason", v)),
+    })
+}
+
 fn mode(v: u8) -> Result<Mode, DecodeError> {
     match abi::Mode::from_u8(v) {
         Some(abi::Mode::Learn) => Ok(Mode::Learn),
@@ -207,10 +224,11 @@ mod tests {
             verdict: abi::Verdict::Deny as u8,
             mode: abi::Mode::Enforce as u8,
             kind: EventKind::NewConnection as u8,
-            _pad: [0; 2],
+            reason: abi::event::Reason::NoRule as u8,
+            _pad: 0,
             rule_id: 3,
             packet_len: 74,
-            _pad2: [0; 4],
+            peer_identity: 2,
         }
     }
 

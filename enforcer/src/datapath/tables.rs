@@ -5,12 +5,13 @@ use std::{collections::HashMap, hash::Hash, path::Path};
 
 use aya::{
     Pod,
-    maps::{Map, MapData, MapError},
+    maps::{Map, MapData, MapError, lpm_trie::Key},
 };
 use enforcer_common::{
-    deny::{DenyKey, DenyValue},
+    addr::Addr,
     endpoint::EndpointInfo,
     maps,
+    policy::{CidrKey, IpcacheValue, PolicyKey, PolicyValue},
 };
 
 use super::Pins;
@@ -27,8 +28,12 @@ pub trait Table<K, V> {
 
 /// `ENDPOINTS`: ifindex -> endpoint.
 pub type Endpoints = PinnedTable<u32, EndpointInfo>;
-/// `DENY`: peer (+ protocol and server port) -> rule.
-pub type Denies = PinnedTable<DenyKey, DenyValue>;
+/// `IPCACHE`: address -> identity.
+pub type Ipcache = PinnedTable<Addr, IpcacheValue>;
+/// `CIDRS`: (prefix length, prefix) -> CIDR identity.
+pub type Cidrs = PinnedLpm<CidrKey, u32>;
+/// `POLICY`: (prefix length, key) -> rule.
+pub type Policy = PinnedLpm<PolicyKey, PolicyValue>;
 
 /// A pinned BPF hash map, opened by path.
 pub struct PinnedTable<K, V> {
@@ -69,9 +74,83 @@ impl Endpoints {
     }
 }
 
-impl Denies {
-    pub fn open_denies(pins: &Pins) -> Result<Self> {
-        Self::open(pins, maps::DENY)
+impl Ipcache {
+    pub fn open_ipcache(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::IPCACHE)
+    }
+}
+
+/// A pinned BPF LPM trie, keyed by (prefix length, data).
+pub struct PinnedLpm<K, V> {
+    name: &'static str,
+    map: aya::maps::LpmTrie<MapData, K, V>,
+}
+
+impl<K: Pod, V: Pod> PinnedLpm<K, V> {
+    pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
+        pins.require_installed()?;
+        let path = pins.map(name);
+        let err = |action: &str, source: MapError| Error::Map {
+            map: name,
+            action: format!("{action} {}", path.display()),
+            source: Box::new(source),
+        };
+        let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
+        let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
+        let map = aya::maps::LpmTrie::try_from(map).map_err(|e| err("typing", e))?;
+        Ok(Self { name, map })
+    }
+
+    fn error(&self, action: &str, source: MapError) -> Error {
+        Error::Map {
+            map: self.name,
+            action: action.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl Cidrs {
+    pub fn open_cidrs(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::CIDRS)
+    }
+}
+
+impl Policy {
+    pub fn open_policy(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::POLICY)
+    }
+}
+
+impl<K: Pod, V: Pod> Table<(u32, K), V> for PinnedLpm<K, V> {
+    fn get(&self, (prefix, data): &(u32, K)) -> Result<Option<V>> {
+        match self.map.get(&Key::new(*prefix, *data), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(self.error("lookup", e)),
+        }
+    }
+
+    fn set(&mut self, (prefix, data): (u32, K), value: V) -> Result<()> {
+        self.map
+            .insert(&Key::new(prefix, data), value, 0)
+            .map_err(|e| self.error("update", e))
+    }
+
+    fn remove(&mut self, (prefix, data): &(u32, K)) -> Result<bool> {
+        match self.map.remove(&Key::new(*prefix, *data)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(self.error("delete", e)),
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<((u32, K), V)>> {
+        self.map
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error("iterate", e))
     }
 }
 
