@@ -44,7 +44,9 @@ impl NodePolicy {
             path: path.to_owned(),
             source,
         })?;
-        serde_yaml::from_str(&text).map_err(|e| Error::Io {
+        // Enums as one-key maps (`peer: {identity: 300}`), as in JSON, rather than YAML tags.
+        let document = serde_yaml::Deserializer::from_str(&text);
+        serde_yaml::with::singleton_map_recursive::deserialize(document).map_err(|e| Error::Io {
             path: path.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })

@@ -47,5 +47,6 @@ pub fn palisade_bin() -> PathBuf {
 }
 
 pub mod agent;
+pub mod frames;
 pub mod lab;
 pub mod traffic;
