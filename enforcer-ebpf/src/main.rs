@@ -163,7 +163,6 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     // SAFETY: this CPU's slot, used by this program run only (TC programs do not nest).
     let scratch = unsafe { &mut *scratch };
     let p = &mut scratch.parsed;
-    *p = Parsed::EMPTY;
     match parse_into(&Skb(ctx), p) {
         Kind::Ip => {}
         Kind::Arp => return Ok(arp(&here, &p.src)),
