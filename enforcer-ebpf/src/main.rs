@@ -17,7 +17,7 @@
 )]
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -139,6 +139,9 @@ struct Here<'a> {
     ep: EndpointInfo,
     mode: Mode,
     hook: Hook,
+    /// CLOCK_MONOTONIC (coarse: conntrack lifetimes are seconds, and events are read in
+    /// milliseconds) when the packet arrived; read once per packet.
+    now: u64,
 }
 
 #[inline(always)]
@@ -157,6 +160,8 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
         ep,
         mode,
         hook,
+        // SAFETY: no preconditions.
+        now: unsafe { bpf_ktime_get_coarse_ns() },
     };
 
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(tc_action::SHOT)?;
@@ -198,8 +203,7 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     }
 
     scratch.key = conntrack_key(ep.endpoint_id, p, hook);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = here.now;
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "by reference: a copy of the key would cost BPF stack"
@@ -297,8 +301,7 @@ fn is_related(here: &Here, q: &Quoted) -> bool {
 
 #[inline(never)]
 fn existing(here: &Here, key: &ConntrackKey, entry: &mut ConntrackValue, p: &Parsed) -> i32 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = here.now;
     let len = u64::from(here.ctx.len());
     let (packets, bytes) = match here.hook {
         Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
@@ -351,8 +354,7 @@ fn new_connection(here: &Here, scratch: &mut Scratch) -> i32 {
         value,
     } = scratch;
     let (p, key): (&Parsed, &ConntrackKey) = (p, key);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = here.now;
     let len = u64::from(here.ctx.len());
     let direction = opener(p, here.hook);
     let judgment = judge(here, key, p.family, direction);
@@ -420,8 +422,7 @@ fn refuse(here: &Here, key: &ConntrackKey, what: &Verdicted) -> i32 {
     let judgment = what.judgment;
     count_endpoint(here.ep.endpoint_id, EndpointCounter::Dropped);
     count(Counter::Drops);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = here.now;
     if let Some(seen) = DENIED.get_ptr_mut(key) {
         // SAFETY: valid for this run; a lost increment under a race only undercounts.
         let seen = unsafe { &mut *seen };
@@ -454,8 +455,7 @@ fn remember_first_fragment(here: &Here, p: &Parsed, verdict: u8) {
     let value = FragmentValue {
         verdict,
         _pad: [0; 7],
-        // SAFETY: no preconditions.
-        last_ns: unsafe { bpf_ktime_get_ns() },
+        last_ns: here.now,
     };
     let _ = FRAGMENTS.insert(fragment_key(here.ep.endpoint_id, p), value, 0);
 }
@@ -598,7 +598,7 @@ fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
     // SAFETY: `ev` points to reserved ring-buffer memory of FlowEvent's size and alignment;
     // every field is written before submit.
     unsafe {
-        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).timestamp_ns = here.now;
         (*ev).endpoint = key.endpoint;
         (*ev).ifindex = (*here.ctx.skb.skb).ifindex;
         (*ev).pod_addr = key.pod_addr;
