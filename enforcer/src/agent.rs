@@ -11,7 +11,7 @@ use std::{
 };
 
 use enforcer_common::conntrack::ConntrackKey;
-use model::FlowRecord;
+use model::{FlowKind, FlowRecord};
 use tracing::{info, warn};
 
 use crate::{
@@ -83,25 +83,44 @@ pub async fn run(
     Ok(())
 }
 
-/// Write a stats record for every connection that saw packets since the last export.
+/// Sweep conntrack: a connection past its lifetime (idle, or closed by FIN/RST) gets a
+/// `closed` record with its final counters and its entry is removed (user space expires
+/// entries; the kernel only treats them as gone); a live one that saw packets since the
+/// last sweep gets a `stats` record.
+///
+/// A packet that refreshes an entry between the read and the removal makes the kernel
+/// judge that connection again as new: safe, and rare at second-scale lifetimes.
 fn export_stats(
     pins: &Pins,
     namer: &mut Namer,
     exported: &mut HashMap<ConntrackKey, u64>,
     out: &mut impl Write,
 ) -> Result<()> {
+    let now = stats::monotonic_coarse_ns();
     let entries = stats::conntrack(pins)?;
     let mut seen = HashMap::with_capacity(entries.len());
+    let mut expired = Vec::new();
     for (key, value) in &entries {
-        seen.insert(*key, value.last_seen_ns);
-        if exported.get(key) == Some(&value.last_seen_ns) {
-            continue;
+        let closed = value.is_expired(key.protocol, now);
+        if closed {
+            expired.push(*key);
+        } else {
+            seen.insert(*key, value.last_seen_ns);
+            if exported.get(key) == Some(&value.last_seen_ns) {
+                continue;
+            }
         }
         match namer.conntrack(key.endpoint, key, value) {
-            Ok(record) => write_record(out, &record)?,
+            Ok(mut record) => {
+                if closed {
+                    record.kind = FlowKind::Closed;
+                }
+                write_record(out, &record)?;
+            }
             Err(e) => warn!(error = %e, "skipping conntrack entry"),
         }
     }
+    stats::forget_connections(pins, &expired)?;
     *exported = seen;
     out.flush().map_err(stdout_error)
 }

@@ -119,6 +119,9 @@ pub enum FlowKind {
     Rejudged,
     /// Periodic counters of a live connection, read from conntrack.
     Stats,
+    /// The connection ended (closed or idle past its lifetime): its final counters. The
+    /// agent writes it when it removes the expired conntrack entry.
+    Closed,
 }
 
 /// One side of a connection.

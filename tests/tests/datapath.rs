@@ -49,6 +49,11 @@ struct Node {
 
 impl Node {
     fn up(mode: Mode) -> Self {
+        Self::up_with(mode, &["--stats-interval", "0"])
+    }
+
+    /// With the agent started with `agent_args`.
+    fn up_with(mode: Mode, agent_args: &[&str]) -> Self {
         let lab = TestLab::up(TOPOLOGY);
         let dir = tempfile::tempdir().unwrap();
         let mut node = Self {
@@ -56,7 +61,7 @@ impl Node {
             dir,
             lab,
         };
-        node.start_agent();
+        node.start_agent_with(agent_args);
         for pod in ["t/a", "t/b"] {
             node.attach(pod, mode);
         }
@@ -64,11 +69,15 @@ impl Node {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(&["--stats-interval", "0"]);
+    }
+
+    fn start_agent_with(&mut self, args: &[&str]) {
         let agent = Agent::start(
             &self.lab.node_netns(),
             &self.lab.bpffs_root(),
             self.dir.path(),
-            &["--stats-interval", "0"],
+            args,
         )
         .unwrap();
         self.agent = Some(agent);
@@ -702,5 +711,53 @@ fn uninstall_leaves_no_program_link_pin_or_qdisc_behind() {
     assert!(
         traffic::tcp_connects(&a.netns, SocketAddr::new(b_ip, 8080)),
         "uninstalled means open"
+    );
+}
+
+#[test]
+fn the_agent_expires_closed_connections_with_their_final_counters() {
+    require_root!();
+    let node = Node::up_with(Mode::Enforce, &["--stats-interval", "1s"]);
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let payload = [7u8; 1000];
+    traffic::tcp_echo(
+        &a.netns,
+        43_000,
+        SocketAddr::new(b.ipv4.into(), 8080),
+        &payload,
+    )
+    .unwrap();
+    // Both sides sent FIN: the entry lives on for the closing lifetime (10 s), then the
+    // agent's sweep reports it closed and removes it.
+    let closed = |rs: &[FlowRecord]| {
+        rs.iter().any(|r| {
+            r.kind == FlowKind::Closed && r.local.port == 43_000 && r.interface == a.host_interface
+        })
+    };
+    let records = node.agent().wait_records(Duration::from_secs(20), closed);
+    let record = records
+        .iter()
+        .find(|r| r.kind == FlowKind::Closed && r.local.port == 43_000)
+        .unwrap_or_else(|| panic!("no closed record: {records:#?}"));
+    let counters = record.counters.expect("final counters");
+    assert!(
+        counters.bytes_from_pod >= payload.len() as u64,
+        "{counters:?}"
+    );
+    assert!(
+        counters.bytes_to_pod >= payload.len() as u64,
+        "{counters:?}"
+    );
+    assert!(
+        counters.packets_from_pod >= 3 && counters.packets_to_pod >= 3,
+        "{counters:?}"
+    );
+    let pins = node.lab.pins();
+    assert!(
+        !stats::conntrack(&pins)
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.pod_port == 43_000),
+        "the expired entry is gone"
     );
 }

@@ -16,6 +16,25 @@ pub fn conntrack(pins: &Pins) -> Result<Vec<(ConntrackKey, ConntrackValue)>> {
     PinnedTable::<ConntrackKey, ConntrackValue>::open(pins, maps::CONNTRACK)?.entries()
 }
 
+/// Remove conntrack entries (expired connections).
+pub fn forget_connections(pins: &Pins, keys: &[ConntrackKey]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut table = PinnedTable::<ConntrackKey, ConntrackValue>::open(pins, maps::CONNTRACK)?;
+    for key in keys {
+        table.remove(key)?;
+    }
+    Ok(())
+}
+
+/// The clock the datapath stamps conntrack entries with (CLOCK_MONOTONIC_COARSE), in ns.
+pub fn monotonic_coarse_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
 /// Each counter summed over CPUs.
 pub fn counters(pins: &Pins) -> Result<Vec<(Counter, u64)>> {
     pins.require_installed()?;
