@@ -26,13 +26,21 @@ pub mod identity {
     pub const WORLD: u32 = 2;
 }
 
-/// `IPCACHE[address]`: the identity of a pod or node address.
+/// `IPCACHE[address]`: the identity of a pod or node address, or of a Service ClusterIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpcacheValue {
     pub identity: u32,
-    /// Reserved (0).
+    /// [`ipcache_flags`] bits.
     pub flags: u32,
+}
+
+/// Bits of [`IpcacheValue::flags`].
+pub mod ipcache_flags {
+    /// A Service ClusterIP: the connection is judged by the `POLICY` entries user space
+    /// compiled from the Service's backends, and nothing else (no CIDR or wildcard entry,
+    /// which speak of the address after DNAT, not of the ClusterIP).
+    pub const SERVICE: u32 = 1;
 }
 
 const _: () = assert!(size_of::<IpcacheValue>() == 8);

@@ -31,7 +31,7 @@ use enforcer_common::{
     maps,
     policy::{
         CidrKey, DeniedValue, FragmentKey, FragmentValue, IpcacheValue, PolicyKey, PolicyValue,
-        identity,
+        identity, ipcache_flags,
     },
     proto, tc_action,
 };
@@ -40,6 +40,7 @@ use enforcer_ebpf::{
     packet::Packet,
     parse::{Fragment, Kind, Parsed, Quoted, parse_into},
 };
+
 
 #[map]
 static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(maps::ENDPOINTS_MAX, 0);
@@ -481,10 +482,12 @@ fn judge_into(here: &Here, key: &ConntrackKey, family_direction: u8, out: &mut J
 fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction) -> Judgment {
     let ep = &here.ep;
     // SAFETY: plain-data values copied out at once.
-    let known = unsafe { IPCACHE.get(key.peer_addr) }.map(|v| v.identity);
+    let cached = unsafe { IPCACHE.get(key.peer_addr) }.copied();
+    let known = cached.map(|v| v.identity);
     if known == Some(identity::HOST) {
         return allow(Reason::Host, 0, identity::HOST);
     }
+    let service = cached.is_some_and(|v| v.flags & ipcache_flags::SERVICE != 0);
     let cidr_key = Key::new(
         CidrKey::LOOKUP_BITS,
         CidrKey {
@@ -523,12 +526,13 @@ fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction
     );
     let mut hit = POLICY.get(&lookup).map(|v| v.rule_id);
     if hit.is_none()
+        && !service
         && let Some(cidr) = cidr
     {
         lookup.data.identity = cidr.to_be_bytes();
         hit = POLICY.get(&lookup).map(|v| v.rule_id);
     }
-    if hit.is_none() {
+    if hit.is_none() && !service {
         lookup.data.identity = identity::ANY.to_be_bytes();
         hit = POLICY.get(&lookup).map(|v| v.rule_id);
     }

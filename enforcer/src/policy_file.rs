@@ -17,7 +17,10 @@
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
-use model::{identity::Identity, rules::EndpointRules};
+use model::{
+    identity::Identity,
+    rules::{EndpointRules, Service},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -35,6 +38,8 @@ pub struct NodePolicy {
     pub ipcache: BTreeMap<IpAddr, Identity>,
     #[serde(default)]
     pub cidrs: BTreeMap<IpNet, Identity>,
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 impl NodePolicy {
@@ -63,6 +68,7 @@ impl NodePolicy {
             endpoints,
             ipcache: self.ipcache.clone(),
             cidrs: self.cidrs.iter().map(|(n, i)| (n.trunc(), *i)).collect(),
+            services: self.services.clone(),
         })
     }
 }

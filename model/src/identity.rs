@@ -33,6 +33,8 @@ impl Identity {
     pub const REMOTE_NODE: Self = Self(6);
     /// First identity for label sets (below: reserved).
     pub const FIRST_LABELS: u32 = 256;
+    /// First identity for Service ClusterIPs (label identities stay below).
+    pub const FIRST_SERVICE: u32 = 1 << 23;
     /// First identity for CIDRs of the world (label identities stay below).
     pub const FIRST_CIDR: u32 = 1 << 24;
 
@@ -42,6 +44,10 @@ impl Identity {
 
     pub const fn is_cidr(self) -> bool {
         self.0 >= Self::FIRST_CIDR
+    }
+
+    pub const fn is_service(self) -> bool {
+        self.0 >= Self::FIRST_SERVICE && self.0 < Self::FIRST_CIDR
     }
 }
 
@@ -199,7 +205,7 @@ impl IdentityAllocator {
             .map(|(_, id)| id.0 + 1)
             .max()
             .unwrap_or(Identity::FIRST_LABELS);
-        if next >= Identity::FIRST_CIDR {
+        if next >= Identity::FIRST_SERVICE {
             return Err(IdentityError::Exhausted { kind: "label" });
         }
         let id = Identity(next);

@@ -242,6 +242,61 @@ impl EndpointRules {
     }
 }
 
+/// A Service as the datapath meets it: pods address its ClusterIPs, and kube-proxy's DNAT
+/// (after Palisade's programs) sends the connection to one of its backends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Service {
+    /// Stands for the ClusterIPs in compiled rules (see [`Identity::FIRST_SERVICE`]).
+    pub identity: Identity,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// The ready endpoints: address and identity of each backend pod.
+    pub backends: Vec<(IpAddr, Identity)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// The backend port (a named target port is resolved per backend before this point).
+    pub target_port: u16,
+}
+
+impl Service {
+    /// How egress from an endpoint with `rules` to `port` of this Service is judged: as
+    /// Kubernetes judges the connection after DNAT, to a backend on the target port. The
+    /// backend is chosen after the datapath runs, so the connection is allowed only when
+    /// every backend would be (backends of one Service nearly always share an identity; a
+    /// Service whose backends are judged differently is refused rather than let through to
+    /// a backend the rules deny). No backends: nothing to allow.
+    pub fn evaluate(&self, rules: &EndpointRules, port: &ServicePort) -> Evaluation {
+        if rules.egress == Isolation::Open {
+            return Evaluation::Open;
+        }
+        let mut all = Vec::new();
+        for (addr, identity) in &self.backends {
+            let c = Connection {
+                direction: Direction::Egress,
+                peer_addr: *addr,
+                peer_identity: *identity,
+                protocol: port.protocol,
+                server_port: port.target_port,
+            };
+            match rules.evaluate(&c) {
+                Evaluation::Rules(ids) => all.extend(ids),
+                Evaluation::Denied => return Evaluation::Denied,
+                other => return other,
+            }
+        }
+        if all.is_empty() {
+            return Evaluation::Denied;
+        }
+        all.sort_unstable();
+        all.dedup();
+        Evaluation::Rules(all)
+    }
+}
+
 /// What the datapath does with a connection under `mode`.
 pub fn verdict(mode: Mode, evaluation: &Evaluation) -> Verdict {
     match (mode, evaluation.allowed()) {
@@ -494,6 +549,55 @@ mod tests {
             let err = r.validate().unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    fn service(backends: Vec<(&str, Identity)>) -> Service {
+        Service {
+            identity: Identity(Identity::FIRST_SERVICE),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            ports: vec![ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+            }],
+            backends: backends
+                .into_iter()
+                .map(|(a, id)| (a.parse().unwrap(), id))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn services_are_judged_by_their_backends_on_the_target_port() {
+        let allow_db_8080 = isolated(vec![rule(
+            5,
+            Direction::Egress,
+            Peer::Identity(DB),
+            Some(Protocol::Tcp),
+            Some((8080, 8080)),
+        )]);
+        let svc = service(vec![("10.244.0.3", DB), ("10.244.0.4", DB)]);
+        let port = svc.ports[0];
+        assert_eq!(
+            svc.evaluate(&allow_db_8080, &port),
+            Evaluation::Rules(vec![5])
+        );
+        // A rule for the Service port, not the target port, allows nothing.
+        let allow_db_80 = isolated(vec![rule(
+            6,
+            Direction::Egress,
+            Peer::Identity(DB),
+            Some(Protocol::Tcp),
+            Some((80, 80)),
+        )]);
+        assert_eq!(svc.evaluate(&allow_db_80, &port), Evaluation::Denied);
+        // One backend the rules deny: refused.
+        let mixed = service(vec![("10.244.0.3", DB), ("10.244.0.5", WEB)]);
+        assert_eq!(mixed.evaluate(&allow_db_8080, &port), Evaluation::Denied);
+        assert_eq!(
+            service(vec![]).evaluate(&allow_db_8080, &port),
+            Evaluation::Denied
+        );
     }
 
     #[test]

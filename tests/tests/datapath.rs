@@ -22,7 +22,7 @@ use enforcer::{
 use model::{
     Direction, FlowKind, FlowRecord, Mode, Protocol, Reason, Verdict,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule, Service, ServicePort},
 };
 use tests::{agent::Agent, lab::TestLab, require_root, traffic};
 
@@ -32,7 +32,13 @@ pods:
   - name: t/a
     ports: [{port: 8080}, {port: 5353, protocol: UDP}]
   - name: t/b
+    labels: {app: web}
     ports: [{port: 8080}, {port: 5353, protocol: UDP}]
+services:
+  - name: web
+    namespace: t
+    selector: {app: web}
+    ports: [{port: 80, targetPort: 8080}]
 externals:
   - name: ext.example.com
     addresses: [203.0.113.10, "2001:db8::10"]
@@ -117,7 +123,14 @@ impl Node {
     /// Give the pods identities (a: 300, b: 301, the node's addresses: host) and set the
     /// rules of one pod.
     fn set_rules(&self, pod: &str, rules: EndpointRules) {
-        let mut desired = Desired::default();
+        self.set_rules_and_services(pod, rules, vec![]);
+    }
+
+    fn set_rules_and_services(&self, pod: &str, rules: EndpointRules, services: Vec<Service>) {
+        let mut desired = Desired {
+            services,
+            ..Desired::default()
+        };
         for (name, id) in [("t/a", A_ID), ("t/b", B_ID)] {
             let p = self.pod(name);
             desired.ipcache.insert(p.ipv4.into(), id);
@@ -760,4 +773,61 @@ fn the_agent_expires_closed_connections_with_their_final_counters() {
             .any(|(k, _)| k.pod_port == 43_000),
         "the expired entry is gone"
     );
+}
+
+#[test]
+fn egress_to_a_service_is_judged_by_its_backends_on_the_target_port() {
+    require_root!();
+    let node = Node::up(Mode::Enforce);
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let web = node.lab.service("t/web").unwrap();
+    let service = Service {
+        identity: Identity(Identity::FIRST_SERVICE),
+        cluster_ips: web.addresses().to_vec(),
+        ports: vec![ServicePort {
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 8080,
+        }],
+        backends: vec![(b.ipv4.into(), B_ID), (b.ipv6.into(), B_ID)],
+    };
+    // Allowed to the backends' identity on the target port: the ClusterIP works.
+    let to_backends = isolated(vec![rule(
+        21,
+        Direction::Egress,
+        Peer::Identity(B_ID),
+        Protocol::Tcp,
+        8080,
+    )]);
+    node.set_rules_and_services("t/a", to_backends, vec![service.clone()]);
+    for ip in web.addresses() {
+        assert!(
+            traffic::tcp_connects(&a.netns, SocketAddr::new(ip, 80)),
+            "{ip}:80"
+        );
+    }
+    let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+        rs.iter().filter(|r| r.rule == Some(21)).count() >= 2
+    });
+    assert!(
+        records.iter().any(|r| r.remote.ip == IpAddr::from(web.ipv4)
+            && r.remote.port == 80
+            && r.rule == Some(21)),
+        "{records:#?}"
+    );
+    // A rule for the Service port alone allows nothing: Kubernetes judges the backend port.
+    let service_port_only = isolated(vec![rule(
+        22,
+        Direction::Egress,
+        Peer::Any,
+        Protocol::Tcp,
+        80,
+    )]);
+    node.set_rules_and_services("t/a", service_port_only, vec![service]);
+    for ip in web.addresses() {
+        assert!(
+            !traffic::tcp_connects(&a.netns, SocketAddr::new(ip, 80)),
+            "{ip}:80"
+        );
+    }
 }

@@ -27,7 +27,10 @@ use ipnet::IpNet;
 use model::{
     Direction, Mode, Protocol, Verdict,
     identity::Identity,
-    rules::{Connection, EndpointRules, Evaluation, Isolation, Peer, PortRange, Rule, verdict},
+    rules::{
+        Connection, EndpointRules, Evaluation, Isolation, Peer, PortRange, Rule, Service,
+        ServicePort, verdict,
+    },
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tests::{
@@ -147,6 +150,41 @@ fn random_rule(rng: &mut StdRng, id: u32) -> Rule {
         peer,
         protocol,
         ports,
+    }
+}
+
+/// One Service: ClusterIPs in both families, two ports with target ports, backends drawn
+/// from the pods above per scenario.
+fn service(rng: &mut StdRng, peers: &[(IpAddr, Option<Identity>)]) -> Service {
+    let pods: Vec<_> = peers
+        .iter()
+        .filter(|(_, id)| id.is_some_and(|i| !i.is_reserved()))
+        .collect();
+    let backends = (0..rng.random_range(0..3))
+        .map(|_| {
+            let (addr, id) = pods.choose(rng).unwrap();
+            (*addr, id.unwrap())
+        })
+        .collect();
+    Service {
+        identity: Identity(Identity::FIRST_SERVICE),
+        cluster_ips: vec![
+            "10.96.0.10".parse().unwrap(),
+            "fd00:10:96::a".parse().unwrap(),
+        ],
+        ports: vec![
+            ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+            },
+            ServicePort {
+                protocol: Protocol::Udp,
+                port: 53,
+                target_port: 5353,
+            },
+        ],
+        backends,
     }
 }
 
@@ -274,6 +312,7 @@ fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
             .enumerate()
             .map(|(i, net)| (net, Identity(Identity::FIRST_CIDR + i as u32)))
             .collect();
+        let service = service(rng, &peers);
         let desired = Desired {
             endpoints: [(ENDPOINT, endpoint_rules.clone())].into(),
             ipcache: peers
@@ -281,6 +320,7 @@ fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
                 .filter_map(|(a, id)| id.map(|id| (*a, id)))
                 .collect(),
             cidrs,
+            services: vec![service.clone()],
         };
         PinnedWriter::open(pins).unwrap().apply(&desired).unwrap();
         rules::set_mode(
@@ -294,8 +334,43 @@ fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
         };
 
         for _ in 0..PACKETS {
-            let (peer, identity) = *peers.choose(rng).unwrap();
             next_port = next_port.wrapping_add(1).max(10_000);
+            if rng.random_bool(0.15) {
+                // Egress to the Service's ClusterIP, judged by its backends.
+                let ip = *service.cluster_ips.choose(rng).unwrap();
+                let port = *service.ports.choose(rng).unwrap();
+                let case = Case {
+                    direction: Direction::Egress,
+                    peer: ip,
+                    protocol: port.protocol,
+                    server_port: port.port,
+                    client_port: next_port,
+                };
+                let evaluation = service.evaluate(&endpoint_rules, &port);
+                let expected = verdict(mode, &evaluation);
+                let frame = case.frame();
+                let opts = TestRunOptions {
+                    data_in: Some(&frame),
+                    ..TestRunOptions::new()
+                };
+                let action = from_pod.test_run(opts).unwrap().return_value;
+                let expected_action = if expected == Verdict::Deny {
+                    SHOT
+                } else {
+                    NEXT
+                };
+                assert_eq!(
+                    action,
+                    expected_action,
+                    "service {ip}:{} {:?}: model {evaluation:?} -> {expected:?}\n{}",
+                    port.port,
+                    port.protocol,
+                    context()
+                );
+                checked += 1;
+                continue;
+            }
+            let (peer, identity) = *peers.choose(rng).unwrap();
             let protocol = *[Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
                 .choose(rng)
                 .unwrap();

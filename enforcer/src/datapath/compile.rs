@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use model::{
     Direction,
     identity::Identity,
-    rules::{EndpointRules, Peer, RuleError},
+    rules::{EndpointRules, Evaluation, Peer, RuleError, Service},
 };
 
 use super::rules::kernel_addr;
@@ -61,12 +61,14 @@ pub fn cidr_entries(cidrs: &CidrIdentities) -> Vec<CidrEntry> {
         .collect()
 }
 
-/// The `POLICY` entries of one endpoint's rules under `generation`.
+/// The `POLICY` entries of one endpoint's rules under `generation`, including those for
+/// the Services its egress reaches (see [`Service::evaluate`]).
 pub fn policy_entries(
     endpoint: u32,
     generation: u8,
     rules: &EndpointRules,
     cidrs: &CidrIdentities,
+    services: &[Service],
 ) -> Result<Vec<PolicyEntry>, RuleError> {
     rules.validate()?;
     let mut entries: BTreeMap<(u32, [u8; 13]), PolicyEntry> = BTreeMap::new();
@@ -91,6 +93,24 @@ pub fn policy_entries(
                 entries
                     .entry((prefix, bytes_of(&key)))
                     .or_insert(((prefix, key), PolicyValue { rule_id: rule.id }));
+            }
+        }
+    }
+    let egress = abi::Direction::Egress as u8;
+    for service in services {
+        for port in &service.ports {
+            if let Evaluation::Rules(ids) = service.evaluate(rules, port) {
+                let key = PolicyKey::new(
+                    endpoint,
+                    generation,
+                    egress,
+                    service.identity.0,
+                    port.protocol.number(),
+                    port.port,
+                );
+                entries
+                    .entry((PolicyKey::FULL_BITS, bytes_of(&key)))
+                    .or_insert(((PolicyKey::FULL_BITS, key), PolicyValue { rule_id: ids[0] }));
             }
         }
     }
@@ -196,7 +216,7 @@ mod tests {
                 ports: None,
             },
         ]);
-        let entries = policy_entries(7, 1, &rules, &CidrIdentities::new()).unwrap();
+        let entries = policy_entries(7, 1, &rules, &CidrIdentities::new(), &[]).unwrap();
         assert_eq!(entries.len(), 2);
         let ((prefix, key), value) = entries
             .iter()
@@ -224,7 +244,7 @@ mod tests {
             protocol: Some(Protocol::Icmp),
             ports: Some(PortRange::single(8)),
         }]);
-        assert!(policy_entries(1, 0, &rules, &CidrIdentities::new()).is_err());
+        assert!(policy_entries(1, 0, &rules, &CidrIdentities::new(), &[]).is_err());
     }
 
     #[test]

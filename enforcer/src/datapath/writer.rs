@@ -16,11 +16,11 @@ use std::{
 
 use enforcer_common::{
     endpoint::EndpointInfo,
-    policy::{CidrKey, IpcacheValue, PolicyKey, PolicyValue},
+    policy::{CidrKey, IpcacheValue, PolicyKey, PolicyValue, ipcache_flags},
 };
 use model::{
     identity::Identity,
-    rules::{EndpointRules, Isolation},
+    rules::{EndpointRules, Isolation, Service},
 };
 
 use super::{
@@ -38,6 +38,8 @@ pub struct Desired {
     pub endpoints: BTreeMap<u32, EndpointRules>,
     pub ipcache: BTreeMap<IpAddr, Identity>,
     pub cidrs: CidrIdentities,
+    /// Services whose ClusterIPs pods may address; judged by their backends.
+    pub services: Vec<Service>,
 }
 
 /// The maps a writer edits.
@@ -104,7 +106,7 @@ where
     /// Make the maps say `desired` (for the endpoints it names).
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
         for (ifindex, rules) in &desired.endpoints {
-            self.set_rules(*ifindex, rules, &desired.cidrs)?;
+            self.set_rules(*ifindex, rules, &desired.cidrs, &desired.services)?;
         }
         for ((prefix, key), id) in compile::cidr_entries(&desired.cidrs) {
             self.tables.cidrs.set((prefix, key), id)?;
@@ -125,7 +127,22 @@ where
                 self.tables.cidrs.remove(&key)?;
             }
         }
-        let wanted: Vec<_> = desired.ipcache.keys().map(|a| kernel_addr(*a)).collect();
+        for service in &desired.services {
+            for ip in &service.cluster_ips {
+                let value = IpcacheValue {
+                    identity: service.identity.0,
+                    flags: ipcache_flags::SERVICE,
+                };
+                self.tables.ipcache.set(kernel_addr(*ip), value)?;
+            }
+        }
+        let services = desired.services.iter().flat_map(|s| &s.cluster_ips);
+        let wanted: Vec<_> = desired
+            .ipcache
+            .keys()
+            .chain(services)
+            .map(|a| kernel_addr(*a))
+            .collect();
         for (addr, _) in self.tables.ipcache.entries()? {
             if !wanted.contains(&addr) {
                 self.tables.ipcache.remove(&addr)?;
@@ -140,10 +157,11 @@ where
         ifindex: u32,
         rules: &EndpointRules,
         cidrs: &CidrIdentities,
+        services: &[Service],
     ) -> Result<()> {
         let mut info = rules::endpoint(&self.tables.endpoints, ifindex)?;
         let next = info.policy_generation ^ 1;
-        let entries = compile::policy_entries(info.endpoint_id, next, rules, cidrs)
+        let entries = compile::policy_entries(info.endpoint_id, next, rules, cidrs, services)
             .map_err(|source| Error::Rules { ifindex, source })?;
         for (key, value) in &entries {
             self.tables.policy.set(*key, *value)?;
@@ -236,7 +254,8 @@ mod tests {
     fn an_update_flips_the_generation_and_leaves_only_the_new_entries() {
         let mut w = writer();
         let r0 = info(&w).policy_revision;
-        w.set_rules(IF, &rules(80), &CidrIdentities::new()).unwrap();
+        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
+            .unwrap();
         let first = info(&w);
         assert_eq!(
             (
@@ -247,7 +266,7 @@ mod tests {
             (1, 1, 0)
         );
         assert_eq!(first.policy_revision, r0 + 1);
-        w.set_rules(IF, &rules(443), &CidrIdentities::new())
+        w.set_rules(IF, &rules(443), &CidrIdentities::new(), &[])
             .unwrap();
         assert_eq!(info(&w).policy_generation, 0);
         let entries = w.tables().policy.entries().unwrap();
@@ -259,7 +278,8 @@ mod tests {
     #[test]
     fn a_restarted_writer_cleans_up_an_interrupted_update() {
         let mut w = writer();
-        w.set_rules(IF, &rules(80), &CidrIdentities::new()).unwrap();
+        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
+            .unwrap();
         let Tables {
             endpoints,
             ipcache,
@@ -315,7 +335,8 @@ mod tests {
     #[test]
     fn forgetting_an_endpoint_removes_its_entries() {
         let mut w = writer();
-        w.set_rules(IF, &rules(80), &CidrIdentities::new()).unwrap();
+        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
+            .unwrap();
         w.forget(IF).unwrap();
         assert!(w.tables().policy.entries().unwrap().is_empty());
         assert!(w.tables().endpoints.get(&IF).unwrap().is_none());
@@ -325,7 +346,7 @@ mod tests {
     fn rules_for_an_unknown_endpoint_are_an_error() {
         let mut w = writer();
         assert!(matches!(
-            w.set_rules(IF + 1, &rules(80), &CidrIdentities::new()),
+            w.set_rules(IF + 1, &rules(80), &CidrIdentities::new(), &[]),
             Err(Error::NotAnEndpoint { .. })
         ));
     }
