@@ -48,5 +48,6 @@ pub fn palisade_bin() -> PathBuf {
 
 pub mod agent;
 pub mod frames;
+pub mod kernel;
 pub mod lab;
 pub mod traffic;

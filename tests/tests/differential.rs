@@ -9,20 +9,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use enforcer::datapath::{
-    self, Pins,
+    self,
     compile::{self, CidrIdentities},
-    rules::{self, EndpointConfig, kernel_addr},
+    rules::{self, kernel_addr},
     stats,
     tables::{Endpoints, Table},
     writer::{Desired, PinnedWriter},
 };
-use enforcer_common::{
-    conntrack::ConntrackKey,
-    maps::{self, PROG_FROM_POD, PROG_TO_POD},
-    policy::DeniedValue,
-};
+use enforcer_common::{conntrack::ConntrackKey, maps, policy::DeniedValue};
 use ipnet::IpNet;
 use model::{
     Direction, Mode, Protocol, Verdict,
@@ -35,17 +30,13 @@ use model::{
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tests::{
     frames::{self, L4},
+    kernel::{ENDPOINT, KernelNode, NEXT, POD4, POD6, SHOT},
     require_root,
 };
 
-const ENDPOINT: u32 = 1; // loopback of the private namespace
 const SCENARIOS: usize = 40;
 const PACKETS: usize = 100;
-const SHOT: u32 = 2;
-const NEXT: u32 = u32::MAX; // -1
 
-const POD4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
-const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 const PORTS: [u16; 8] = [22, 53, 80, 443, 5353, 8000, 8080, 8443];
 
 /// Peers: pods (with identities), the node, and world addresses in documentation ranges.
@@ -260,31 +251,12 @@ fn kernel_and_reference_evaluator_agree_on_random_rules_and_packets() {
     eprintln!("differential seed: {seed} (replay with PALISADE_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("private netns");
-    let pins = Pins::new(format!("/sys/fs/bpf/palisade-diff-{}", tests::unique_id()));
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&pins, &mut rng, seed)));
-    datapath::uninstall(&pins).unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    let node = KernelNode::new();
+    run(&node, &mut rng, seed);
 }
 
-fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
-    drop(datapath::install(pins).unwrap());
-    let config = EndpointConfig {
-        mode: Mode::Enforce,
-        ipv4: Some(POD4),
-        ipv6: Some(POD6),
-    };
-    rules::register_endpoint(
-        &mut Endpoints::open_endpoints(pins).unwrap(),
-        ENDPOINT,
-        &config,
-    )
-    .unwrap();
-    let from_pod = SchedClassifier::from_pin(pins.program(PROG_FROM_POD)).unwrap();
-    let to_pod = SchedClassifier::from_pin(pins.program(PROG_TO_POD)).unwrap();
+fn run(node: &KernelNode, rng: &mut StdRng, seed: u64) {
+    let pins = &node.pins;
     let peers = peers();
     let mut next_port: u16 = 10_000;
     let mut checked = 0;
@@ -348,12 +320,7 @@ fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
                 };
                 let evaluation = service.evaluate(&endpoint_rules, &port);
                 let expected = verdict(mode, &evaluation);
-                let frame = case.frame();
-                let opts = TestRunOptions {
-                    data_in: Some(&frame),
-                    ..TestRunOptions::new()
-                };
-                let action = from_pod.test_run(opts).unwrap().return_value;
+                let action = node.run(Direction::Egress, &case.frame());
                 let expected_action = if expected == Verdict::Deny {
                     SHOT
                 } else {
@@ -401,16 +368,7 @@ fn run(pins: &Pins, rng: &mut StdRng, seed: u64) {
                 server_port: case.server_port,
             });
             let expected = verdict(mode, &evaluation);
-            let program = match case.direction {
-                Direction::Egress => &from_pod,
-                Direction::Ingress => &to_pod,
-            };
-            let frame = case.frame();
-            let opts = TestRunOptions {
-                data_in: Some(&frame),
-                ..TestRunOptions::new()
-            };
-            let action = program.test_run(opts).unwrap().return_value;
+            let action = node.run(case.direction, &case.frame());
             let what = || {
                 format!(
                     "{:?} {} {protocol} port {} (identity {identity:?}): model {evaluation:?} -> {expected:?}\n{}",
