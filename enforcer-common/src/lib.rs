@@ -12,11 +12,13 @@
 //! - [`policy`]: `IPCACHE`, `CIDRS`, `POLICY` (identity-based rules with generations),
 //!   `DENIED` and `FRAGMENTS`.
 //! - [`event`]: ring-buffer flow events and the per-CPU counters.
+//! - [`dns`]: DNS answers copied to user space.
 //! - [`addr`]: the 16-byte address form and its IPv4 mapping.
 #![no_std]
 
 pub mod addr;
 pub mod conntrack;
+pub mod dns;
 pub mod endpoint;
 pub mod event;
 pub mod maps;

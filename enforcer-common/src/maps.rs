@@ -38,12 +38,17 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COUNTERS: &str = "COUNTERS";
 pub const COUNTERS_MAX: u32 = crate::event::Counter::COUNT;
 
+/// Ring buffer of [`crate::dns::DnsEvent`].
+pub const DNS_EVENTS: &str = "DNS_EVENTS";
+/// 256 KiB: about 460 answers between two reads.
+pub const DNS_EVENTS_BYTES: u32 = 256 << 10;
+
 /// Per-CPU [`crate::event::EndpointCounterKey`] -> `u64`.
 pub const ENDPOINT_COUNTERS: &str = "EP_COUNTERS";
 pub const ENDPOINT_COUNTERS_MAX: u32 = 4 * ENDPOINTS_MAX;
 
 /// Every map Palisade pins, for uninstall and for checks that nothing is left behind.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     ENDPOINTS,
     CONNTRACK,
     IPCACHE,
@@ -54,6 +59,7 @@ pub const ALL: [&str; 10] = [
     EVENTS,
     COUNTERS,
     ENDPOINT_COUNTERS,
+    DNS_EVENTS,
 ];
 
 /// Names of the kernel programs, as the ELF sections name them.

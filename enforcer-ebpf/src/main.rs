@@ -17,7 +17,7 @@
 )]
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -26,6 +26,7 @@ use enforcer_common::{
     Direction, Mode, Verdict,
     addr::{self, Addr},
     conntrack::{ConntrackKey, ConntrackValue, tcp_advance},
+    dns::{DNS_PAYLOAD_MAX, DnsEvent},
     endpoint::EndpointInfo,
     event::{Counter, EndpointCounter, EndpointCounterKey, EventKind, FlowEvent, Reason},
     maps,
@@ -40,7 +41,6 @@ use enforcer_ebpf::{
     packet::Packet,
     parse::{Fragment, Kind, Parsed, Quoted, parse_into},
 };
-
 
 #[map]
 static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(maps::ENDPOINTS_MAX, 0);
@@ -67,6 +67,9 @@ static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
 
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTES, 0);
+
+#[map]
+static DNS_EVENTS: RingBuf = RingBuf::pinned(maps::DNS_EVENTS_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(maps::COUNTERS_MAX, 0);
@@ -164,6 +167,10 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
         // SAFETY: no preconditions.
         now: unsafe { bpf_ktime_get_coarse_ns() },
     };
+    let fast = established_ipv4(&here);
+    if fast != NOT_HANDLED {
+        return Ok(fast);
+    }
 
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(tc_action::SHOT)?;
     // SAFETY: this CPU's slot, used by this program run only (TC programs do not nest).
@@ -217,10 +224,141 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
         if !(entry.is_expired(p.protocol, now)
             || (p.protocol == proto::TCP && entry.reopened_by(p.tcp_flags)))
         {
-            return Ok(existing(&here, &scratch.key, entry, &scratch.parsed));
+            let action = existing(&here, &scratch.key, entry, &scratch.parsed);
+            return Ok(after_verdict(&here, &scratch.parsed, action));
         }
     }
-    Ok(new_connection(&here, scratch))
+    let action = new_connection(&here, scratch);
+    Ok(after_verdict(&here, &scratch.parsed, action))
+}
+
+/// [`established_ipv4`] did not handle the packet.
+const NOT_HANDLED: i32 = i32::MIN;
+
+/// The fast path, for most packets: plain IPv4 (no options, not fragmented) TCP or UDP of a
+/// live connection whose verdict still stands. Headers are read straight into registers,
+/// the key is built on the stack, and only conntrack is consulted; anything else (a new
+/// connection, SYN/FIN/RST, a changed revision, IPv6, options, fragments, DNS answers,
+/// another address than the pod's own) goes down the full path.
+#[inline(never)]
+fn established_ipv4(here: &Here) -> i32 {
+    let pkt = Skb(here.ctx);
+    let (Some(eth_type), Some(ip)) = (pkt.be16_at(12), pkt.bytes::<20>(14)) else {
+        return NOT_HANDLED;
+    };
+    let protocol = ip[9];
+    let plain = eth_type == 0x0800
+        && ip[0] == 0x45
+        && (ip[6] & 0x3f) == 0
+        && ip[7] == 0
+        && (protocol == proto::TCP || protocol == proto::UDP);
+    let Some(l4) = pkt.bytes::<14>(34).filter(|_| plain) else {
+        return NOT_HANDLED;
+    };
+    let syn_fin_rst = 0x07;
+    if protocol == proto::TCP && l4[13] & syn_fin_rst != 0 {
+        return NOT_HANDLED;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let src_port = u16::from_be_bytes([l4[0], l4[1]]);
+    let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+    let (pod, peer, pod_port, peer_port) = match here.hook {
+        Hook::FromPod if src == here.ep.ipv4 => (src, dst, src_port, dst_port),
+        Hook::ToPod if src_port != DNS_PORT => (dst, src, dst_port, src_port),
+        _ => return NOT_HANDLED,
+    };
+    let key = ConntrackKey {
+        endpoint: here.ep.endpoint_id,
+        pod_addr: addr::from_ipv4(pod),
+        peer_addr: addr::from_ipv4(peer),
+        pod_port,
+        peer_port,
+        protocol,
+        _pad: [0; 3],
+    };
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by reference: a copy of the key would cost BPF stack"
+    )]
+    let entry = CONNTRACK.get_ptr_mut(&key);
+    let Some(entry) = entry else {
+        return NOT_HANDLED;
+    };
+    // SAFETY: valid for this program run; see try_judge.
+    let entry = unsafe { &mut *entry };
+    if entry.policy_revision != here.ep.policy_revision
+        || entry.mode != here.mode as u8
+        || entry.is_expired(protocol, here.now)
+    {
+        return NOT_HANDLED;
+    }
+    let (packets, bytes) = match here.hook {
+        Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
+        Hook::ToPod => (&mut entry.packets_to_pod, &mut entry.bytes_to_pod),
+    };
+    atomic_add(packets, 1);
+    atomic_add(bytes, u64::from(here.ctx.len()));
+    entry.last_seen_ns = here.now;
+    // A verdict that stands is Allow or WouldDeny: Deny never stays in conntrack.
+    tc_action::NEXT
+}
+
+/// What follows an allowed packet: a DNS answer on its way to the pod is copied to user
+/// space (which names external peers from it).
+#[inline(always)]
+fn after_verdict(here: &Here, p: &Parsed, action: i32) -> i32 {
+    if action == tc_action::NEXT
+        && here.hook == Hook::ToPod
+        && p.src_port == DNS_PORT
+        && (p.protocol == proto::UDP || p.protocol == proto::TCP)
+        && p.payload_offset != 0
+    {
+        copy_dns_answer(here, p);
+    }
+    action
+}
+
+const DNS_PORT: u16 = 53;
+
+#[inline(never)]
+fn copy_dns_answer(here: &Here, p: &Parsed) {
+    let offset = u32::from(p.payload_offset);
+    let len = here.ctx.len().saturating_sub(offset);
+    let Some(mut slot) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    if len == 0 {
+        slot.discard(0);
+        return;
+    }
+    // 1..=DNS_PAYLOAD_MAX in a form the verifier can bound (DNS_PAYLOAD_MAX is a power of
+    // two): a plain min() leaves it a range that may be zero.
+    let len = ((len.min(DNS_PAYLOAD_MAX as u32) - 1) & (DNS_PAYLOAD_MAX as u32 - 1)) + 1;
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` is reserved ring-buffer memory of DnsEvent's size; the copy writes at
+    // most DNS_PAYLOAD_MAX bytes into `payload`, which holds exactly that many.
+    let copied = unsafe {
+        (*ev).endpoint = here.ep.endpoint_id;
+        (*ev).ifindex = (*here.ctx.skb.skb).ifindex;
+        (*ev).pod_addr = p.dst;
+        (*ev).server_addr = p.src;
+        (*ev).len = len as u16;
+        (*ev).protocol = p.protocol;
+        (*ev)._pad = [0; 5];
+        bpf_skb_load_bytes(
+            here.ctx.skb.skb as *const _,
+            offset,
+            (*ev).payload.as_mut_ptr().cast(),
+            len,
+        ) == 0
+    };
+    if copied {
+        slot.submit(0);
+    } else {
+        slot.discard(0);
+    }
 }
 
 /// ARP always passes, except a pod announcing an address that is not its own.

@@ -99,6 +99,8 @@ pub struct Parsed {
     pub fragment_id: u32,
     /// Where this fragment's data starts in the datagram's payload, in bytes.
     pub fragment_offset: u16,
+    /// Offset of the TCP or UDP payload in the frame (0 for other protocols).
+    pub payload_offset: u16,
     /// An ICMP or ICMPv6 error quoting a datagram (in `quoted`), which belongs to the
     /// connection the error is about.
     pub has_quoted: bool,
@@ -117,6 +119,7 @@ impl Parsed {
         fragment: Fragment::None,
         fragment_id: 0,
         fragment_offset: 0,
+        payload_offset: 0,
         has_quoted: false,
         quoted: Quoted::EMPTY,
     };
@@ -148,6 +151,7 @@ pub fn parse_into<P: Packet + ?Sized>(pkt: &P, p: &mut Parsed) -> Kind {
     p.fragment = Fragment::None;
     p.fragment_id = 0;
     p.fragment_offset = 0;
+    p.payload_offset = 0;
     p.has_quoted = false;
     let Some((ethertype, l3)) = ethernet(pkt) else {
         return Kind::Unclassified;
@@ -283,6 +287,7 @@ fn transport<P: Packet + ?Sized>(pkt: &P, off: usize, p: &mut Parsed) -> Kind {
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
             p.tcp_flags = h[13];
+            p.payload_offset = (off + usize::from(h[12] >> 4) * 4) as u16;
         }
         proto::UDP | proto::SCTP => {
             let Some(h) = pkt.bytes::<4>(off) else {
@@ -290,6 +295,9 @@ fn transport<P: Packet + ?Sized>(pkt: &P, off: usize, p: &mut Parsed) -> Kind {
             };
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            if p.protocol == proto::UDP {
+                p.payload_offset = (off + 8) as u16;
+            }
         }
         proto::ICMP if p.family == 4 => {
             let Some(h) = pkt.bytes::<8>(off) else {
@@ -525,12 +533,14 @@ mod tests {
         assert_eq!(p.src, from_ipv4([10, 244, 0, 2]));
         assert_eq!(p.dst, from_ipv4([203, 0, 113, 10]));
         assert_eq!(p.fragment, Fragment::None);
+        assert_eq!(p.payload_offset, 14 + 20 + 20, "after a 20-byte TCP header");
     }
 
     #[test]
     fn ipv4_options_move_the_transport_header() {
         let p = ip(&ipv4(proto::UDP, 12, 0, &udp(5353, 53)));
         assert_eq!((p.src_port, p.dst_port), (5353, 53));
+        assert_eq!(p.payload_offset, 14 + 20 + 12 + 8);
     }
 
     #[test]

@@ -15,7 +15,12 @@ use model::{FlowKind, FlowRecord};
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{self, EndpointSpec, Pins, events::EventReader, records::Namer, stats},
+    datapath::{
+        self, EndpointSpec, Pins,
+        events::{DnsReader, EventReader},
+        records::Namer,
+        stats,
+    },
     error::{Error, Result},
     names::Names,
 };
@@ -44,7 +49,8 @@ pub async fn run(
     for spec in &config.endpoints {
         datapath::attach(&config.pins, spec)?;
     }
-    let mut reader = EventReader::open(&config.pins)?;
+    let mut reader = EventReader::open_events(&config.pins)?;
+    let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
     let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
     if let Some(ready) = &config.ready_file {
@@ -61,6 +67,17 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // DNS answers first: a pod connects right after its lookup, and the connection's
+            // record should carry the name.
+            biased;
+            answers = dns.next_batch() => {
+                let now = std::time::Instant::now();
+                for answer in answers? {
+                    let len = usize::from(answer.len).min(answer.payload.len());
+                    let tcp = answer.protocol == enforcer_common::proto::TCP;
+                    namer.dns.learn(&answer.payload[..len], tcp, now);
+                }
+            }
             batch = reader.next_batch() => {
                 if let Some(fresh) = names.load_if_changed() {
                     namer.names = fresh;

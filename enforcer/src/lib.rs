@@ -8,6 +8,7 @@
 //!   attach/detach, the maps behind small traits, events, uninstall.
 //! - [`agent`]: the long-running agent: install, attach, stream flow records.
 //! - [`args`]: command-line argument types shared by the agent's commands and the lab's.
+//! - [`dns`]: external peers named from the DNS answers pods receive.
 //! - [`names`]: interface/address -> pod names, written by whoever creates endpoints.
 //! - [`netns`]: entering named network namespaces.
 //! - [`lab`]: `palisade lab`: topology files, namespaces and veths, pod servers, probes.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod args;
 pub mod datapath;
+pub mod dns;
 pub mod error;
 pub mod lab;
 pub mod names;

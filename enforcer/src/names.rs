@@ -20,6 +20,20 @@ pub struct Names {
     /// Address -> `namespace/pod`, or the name of an external host.
     #[serde(default)]
     pub addresses: BTreeMap<IpAddr, String>,
+    /// `namespace/pod` -> what records say about it instead of identity numbers.
+    #[serde(default)]
+    pub pods: BTreeMap<String, PodMeta>,
+}
+
+/// A pod as flow records describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMeta {
+    /// `namespace/Kind/name` of its workload; `None` for a bare pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Its identity-relevant labels (noise labels removed).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Names {

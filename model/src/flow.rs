@@ -1,6 +1,6 @@
 //! Flow records: one connection as one endpoint saw it.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,16 @@ pub struct Peer {
     /// The pod's `namespace/name`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The DNS name the pod looked this address up by, when the agent saw the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// The pod's workload (`namespace/Kind/name`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The pod's identity-relevant labels, when known: records carry these, never the
+    /// node-local identity numbers, so baselines from many nodes merge.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Packets and bytes (L2 frame lengths) in each direction, as the endpoint counted them.
@@ -203,11 +213,17 @@ mod tests {
                 ip: "10.244.0.2".parse().unwrap(),
                 port: 40000,
                 pod: Some("shop/frontend".into()),
+                dns_name: None,
+                workload: None,
+                labels: BTreeMap::new(),
             },
             remote: Peer {
                 ip: "10.244.0.3".parse().unwrap(),
                 port: 8080,
                 pod: None,
+                dns_name: None,
+                workload: None,
+                labels: BTreeMap::new(),
             },
             verdict: Verdict::Allow,
             mode: Mode::Enforce,

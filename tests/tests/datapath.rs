@@ -43,6 +43,8 @@ externals:
   - name: ext.example.com
     addresses: [203.0.113.10, "2001:db8::10"]
     ports: [{port: 443}, {port: 53, protocol: UDP}]
+  - name: resolver
+    addresses: [198.51.100.53]
 "#;
 
 /// A lab node with the agent running and both pods attached in `mode`.
@@ -486,6 +488,7 @@ fn isolated_endpoints_pass_only_what_a_rule_allows_in_each_direction() {
 
     let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
         rs.iter().filter(|r| r.verdict == Verdict::Deny).count() >= 6
+            && rs.iter().any(|r| r.reason == Some(Reason::Host))
     });
     let on_a = |verdict, reason| {
         records
@@ -830,4 +833,85 @@ fn egress_to_a_service_is_judged_by_its_backends_on_the_target_port() {
             "{ip}:80"
         );
     }
+}
+
+/// Answer one DNS query on UDP 53 inside `netns` with `addr` for the name asked; returns
+/// once the resolver is listening.
+fn resolve_once(netns: String, addr: std::net::Ipv4Addr) -> std::thread::JoinHandle<()> {
+    use simple_dns::{
+        CLASS, Packet, ResourceRecord,
+        rdata::{A, RData},
+    };
+    let (listening, ready) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        enforcer::netns::enter(&netns).unwrap();
+        let socket = std::net::UdpSocket::bind("0.0.0.0:53").unwrap();
+        listening.send(()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        let query = Packet::parse(&buf[..n]).unwrap();
+        let mut reply = Packet::new_reply(query.id());
+        let name = query.questions[0].qname.clone();
+        reply.questions.push(query.questions[0].clone());
+        let a = RData::A(A {
+            address: u32::from(addr),
+        });
+        reply
+            .answers
+            .push(ResourceRecord::new(name, CLASS::IN, 300, a));
+        socket
+            .send_to(&reply.build_bytes_vec().unwrap(), from)
+            .unwrap();
+    });
+    ready.recv().expect("resolver listening");
+    handle
+}
+
+#[test]
+fn external_peers_are_named_by_the_dns_answers_pods_receive() {
+    require_root!();
+    use simple_dns::{CLASS, Name, Packet, QCLASS, QTYPE, Question, TYPE};
+    let node = Node::up(Mode::Enforce);
+    let a = node.pod("t/a");
+    let resolver = node.lab.external("resolver").unwrap();
+    let server = resolve_once(resolver.netns.clone(), "203.0.113.10".parse().unwrap());
+    // The pod looks the name up...
+    let answer = netns::run_in(&a.netns, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut query = Packet::new_query(42);
+        query.questions.push(Question::new(
+            Name::new("payments.example.com").unwrap(),
+            QTYPE::TYPE(TYPE::A),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        socket
+            .send_to(&query.build_bytes_vec().unwrap(), "198.51.100.53:53")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        socket.recv(&mut buf).unwrap()
+    })
+    .unwrap();
+    assert!(answer > 12);
+    server.join().unwrap();
+    // ...then connects to the address it got: the record names the peer.
+    traffic::tcp_echo(&a.netns, 44_000, SocketAddr::new(ext(4), 443), b"hello").unwrap();
+    let records = node.agent().wait_records(Duration::from_secs(5), |rs| {
+        rs.iter().any(|r| r.local.port == 44_000)
+    });
+    let record = records
+        .iter()
+        .find(|r| r.local.port == 44_000 && r.kind == FlowKind::New)
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(
+        record.remote.dns_name.as_deref(),
+        Some("payments.example.com"),
+        "{record:#?}"
+    );
 }

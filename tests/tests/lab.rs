@@ -446,6 +446,10 @@ fn with_the_agent_flows_name_their_pods() {
                     && r.remote.port == 7000
                     && r.local.pod.as_deref() == Some(client.name.as_str())
                     && r.remote.pod.as_deref() == Some(web.name.as_str())
+                    // Workload and identity labels, never pod-template-hash.
+                    && r.remote.workload.as_deref() == Some("app/Deployment/web")
+                    && r.remote.labels.get("app").map(String::as_str) == Some("web")
+                    && !r.remote.labels.contains_key("pod-template-hash")
             });
         if found {
             break;

@@ -1,25 +1,46 @@
-//! Reading flow events from the pinned ring buffer.
+//! Reading the pinned ring buffers: flow events and DNS answers.
+
+use std::marker::PhantomData;
 
 use aya::maps::{Map, MapData, RingBuf};
-use enforcer_common::{event::FlowEvent, maps};
+use enforcer_common::{dns::DnsEvent, event::FlowEvent, maps};
 use tokio::io::unix::AsyncFd;
 
 use super::Pins;
 use crate::error::{Error, Result};
 
-/// The `EVENTS` ring buffer, readable from async code.
-pub struct EventReader {
+/// A pinned ring buffer of `T` records, readable from async code.
+pub struct RingReader<T> {
+    name: &'static str,
     ring: AsyncFd<RingBuf<MapData>>,
+    _record: PhantomData<T>,
 }
 
+/// Flow events (`EVENTS`).
+pub type EventReader = RingReader<FlowEvent>;
+/// DNS answers delivered to pods (`DNS_EVENTS`).
+pub type DnsReader = RingReader<DnsEvent>;
+
 impl EventReader {
-    /// Open the pinned ring buffer. Events written while no agent ran are still there (up to
-    /// the buffer's size); the kernel counts the ones that did not fit.
-    pub fn open(pins: &Pins) -> Result<Self> {
+    pub fn open_events(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::EVENTS)
+    }
+}
+
+impl DnsReader {
+    pub fn open_dns(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::DNS_EVENTS)
+    }
+}
+
+impl<T: Copy> RingReader<T> {
+    /// Open a pinned ring buffer. Records written while no agent ran are still there (up
+    /// to the buffer's size); the kernel counts the ones that did not fit.
+    pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
         pins.require_installed()?;
-        let path = pins.map(maps::EVENTS);
+        let path = pins.map(name);
         let err = |source: aya::maps::MapError| Error::Map {
-            map: maps::EVENTS,
+            map: name,
             action: format!("opening {}", path.display()),
             source: Box::new(source),
         };
@@ -31,14 +52,18 @@ impl EventReader {
             path,
             source: e.into(),
         })?;
-        Ok(Self { ring })
+        Ok(Self {
+            name,
+            ring,
+            _record: PhantomData,
+        })
     }
 
-    /// Wait for events and return every event available now (at least one).
-    pub async fn next_batch(&mut self) -> Result<Vec<FlowEvent>> {
+    /// Wait for records and return every record available now (at least one).
+    pub async fn next_batch(&mut self) -> Result<Vec<T>> {
         loop {
             let mut guard = self.ring.readable_mut().await.map_err(|source| Error::Io {
-                path: maps::EVENTS.into(),
+                path: self.name.into(),
                 source,
             })?;
             let batch = drain(guard.get_inner_mut());
@@ -50,13 +75,13 @@ impl EventReader {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
+fn drain<T: Copy>(ring: &mut RingBuf<MapData>) -> Vec<T> {
     let mut batch = Vec::new();
     while let Some(item) = ring.next() {
-        if item.len() >= size_of::<FlowEvent>() {
-            // SAFETY: the kernel wrote a FlowEvent (same repr(C) type) at the item's start;
-            // read_unaligned because the item is a byte slice.
-            batch.push(unsafe { item.as_ptr().cast::<FlowEvent>().read_unaligned() });
+        if item.len() >= size_of::<T>() {
+            // SAFETY: the kernel wrote a T (the same repr(C) type from enforcer-common) at
+            // the item's start; read_unaligned because the item is a byte slice.
+            batch.push(unsafe { item.as_ptr().cast::<T>().read_unaligned() });
         }
     }
     batch

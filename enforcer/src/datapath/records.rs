@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use enforcer_common::{
@@ -15,7 +15,7 @@ use model::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Rea
 use nix::time::{ClockId, clock_gettime};
 
 use super::rules::ip_from_kernel;
-use crate::names::Names;
+use crate::{dns::DnsCache, names::Names};
 
 /// A field the kernel wrote that this agent does not understand (a newer datapath?).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +63,11 @@ impl Default for Clock {
     }
 }
 
-/// What a record needs besides the kernel's numbers: time, interface and pod names.
+/// What a record needs besides the kernel's numbers: time, interface, pod and DNS names.
 pub struct Namer {
     pub clock: Clock,
     pub names: Names,
+    pub dns: DnsCache,
     interfaces: HashMap<u32, String>,
 }
 
@@ -75,6 +76,7 @@ impl Namer {
         Self {
             clock: Clock::new(),
             names,
+            dns: DnsCache::default(),
             interfaces: HashMap::new(),
         }
     }
@@ -98,7 +100,19 @@ impl Namer {
             .and_then(|i| self.names.interfaces.get(i))
             .or_else(|| self.names.addresses.get(&ip))
             .cloned();
-        Peer { ip, port, pod }
+        let dns_name = interface
+            .is_none()
+            .then(|| self.dns.name_of(ip, Instant::now()).map(str::to_owned))
+            .flatten();
+        let meta = pod.as_ref().and_then(|p| self.names.pods.get(p));
+        Peer {
+            ip,
+            port,
+            workload: meta.and_then(|m| m.workload.clone()),
+            labels: meta.map(|m| m.labels.clone()).unwrap_or_default(),
+            pod,
+            dns_name,
+        }
     }
 
     /// A ring-buffer event as a flow record.

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use model::Mode;
+use model::{Mode, identity::LabelSet};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,10 @@ use super::{
     process::Process,
     topology::{Port, ServicePort, Topology},
 };
-use crate::{names::Names, paths};
+use crate::{
+    names::{Names, PodMeta},
+    paths,
+};
 
 /// Bumped when the state file changes incompatibly; an older file is treated as stale.
 pub const STATE_FORMAT: u32 = 1;
@@ -333,6 +336,21 @@ impl State {
             for ip in pod.addresses() {
                 names.addresses.insert(ip, pod.name.clone());
             }
+            let namespace_labels = self
+                .topology
+                .namespaces
+                .iter()
+                .find(|n| n.name.as_str() == pod.namespace)
+                .map(|n| n.labels.map().clone())
+                .unwrap_or_default();
+            let labels = LabelSet::for_pod(&pod.namespace, &namespace_labels, &pod.labels);
+            names.pods.insert(
+                pod.name.clone(),
+                PodMeta {
+                    workload: pod.workload.clone(),
+                    labels: labels.0,
+                },
+            );
         }
         for external in &self.externals {
             for ip in &external.addresses {
