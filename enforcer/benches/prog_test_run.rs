@@ -3,20 +3,29 @@
 //! Run as root: `cargo bench -p enforcer --bench prog_test_run`. Runs in a private network
 //! namespace (its loopback, ifindex 1, is the endpoint the test packets "arrive" on; nothing
 //! is attached anywhere and no packet is sent) with pins under a unique bpffs folder that
-//! it removes at the end. Prints nanoseconds per packet (median of several rounds) for:
-//! an empty TC program (the floor), and `from_pod` / `to_pod` on a 64-byte TCP packet of an
-//! established connection.
+//! it removes at the end. Prints nanoseconds per packet for: an empty TC program (the
+//! floor); `from_pod` / `to_pod` on a 64-byte TCP packet of an established connection
+//! (median of rounds of 1,000,000 runs); and the first packet of new connections (each a
+//! distinct SYN, run once, median over many) to a pod peer (allowed by an identity rule), to
+//! a world peer (allowed by a CIDR rule) and refused, with 10 to 100,000 policy entries.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::SchedClassifier;
+use aya::maps::{Map, MapData, RingBuf};
 use enforcer::datapath::{
     self, Pins,
     rules::{self, EndpointConfig},
     tables::Endpoints,
+    writer::{Desired, PinnedWriter},
 };
-use enforcer_common::maps::{PROG_FROM_POD, PROG_TO_POD};
+use enforcer_common::maps::{self as map_names, PROG_FROM_POD, PROG_TO_POD};
+use model::{
+    Direction, Protocol,
+    identity::Identity,
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
@@ -75,7 +84,79 @@ fn run(pins: &Pins) -> Result<()> {
             ns - floor
         );
     }
+
+    println!("first packets of new connections, {NEW_CONNECTIONS} distinct SYNs each, median ns:");
+    println!("  {:>8}  {:>10}  {:>10}  {:>10}", "entries", "to a pod", "to world", "refused");
+    let mut events = RingBuf::try_from(Map::from_map_data(MapData::from_pin(
+        pins.map(map_names::EVENTS),
+    )?)?)?;
+    let mut next_port = 1024u16;
+    for entries in [10u32, 1_000, 10_000, 100_000] {
+        PinnedWriter::open(pins)?.apply(&policy(entries))?;
+        let mut row = Vec::new();
+        for peer in [POD_PEER, WORLD_PEER, REFUSED_PEER] {
+            let mut durations = Vec::with_capacity(NEW_CONNECTIONS);
+            for _ in 0..NEW_CONNECTIONS {
+                next_port = next_port.checked_add(1).unwrap_or(1024);
+                let syn = tcp_frame(pod, peer, next_port, 8080, SYN);
+                durations.push(test_run(prog_fd(&from_pod)?, &syn, 1)?.1);
+            }
+            // Keep the ring buffer drained, as the agent would: a full one is cheaper.
+            while events.next().is_some() {}
+            durations.sort_by(f64::total_cmp);
+            row.push(durations[durations.len() / 2]);
+        }
+        println!(
+            "  {entries:>8}  {:>10.0}  {:>10.0}  {:>10.0}",
+            row[0], row[1], row[2]
+        );
+    }
     Ok(())
+}
+
+/// Distinct new connections measured per cell.
+const NEW_CONNECTIONS: usize = 20_000;
+const POD_PEER: [u8; 4] = [10, 244, 0, 3];
+const WORLD_PEER: [u8; 4] = [203, 0, 113, 9];
+const REFUSED_PEER: [u8; 4] = [198, 51, 100, 9];
+
+/// An isolated endpoint with `entries` POLICY entries: one identity rule per label identity
+/// (TCP 8080), a CIDR rule for 203.0.113.0/24, and the pod peer's identity among them.
+fn policy(entries: u32) -> Desired {
+    let mut rules: Vec<Rule> = (0..entries.saturating_sub(1))
+        .map(|i| Rule {
+            id: i + 1,
+            direction: Direction::Egress,
+            peer: Peer::Identity(Identity(Identity::FIRST_LABELS + i)),
+            protocol: Some(Protocol::Tcp),
+            ports: Some(PortRange::single(8080)),
+        })
+        .collect();
+    let world: ipnet::IpNet = "203.0.113.0/24".parse().expect("a CIDR");
+    rules.push(Rule {
+        id: entries,
+        direction: Direction::Egress,
+        peer: Peer::Cidr {
+            net: world,
+            except: vec![],
+        },
+        protocol: Some(Protocol::Tcp),
+        ports: Some(PortRange::single(8080)),
+    });
+    Desired {
+        endpoints: [(
+            LOOPBACK_IFINDEX,
+            EndpointRules {
+                ingress: Isolation::Isolated,
+                egress: Isolation::Isolated,
+                rules,
+            },
+        )]
+        .into(),
+        ipcache: [(POD_PEER.into(), Identity(Identity::FIRST_LABELS))].into(),
+        cidrs: [(world, Identity(Identity::FIRST_CIDR))].into(),
+        services: vec![],
+    }
 }
 
 const SYN: u8 = 0x02;
