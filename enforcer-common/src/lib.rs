@@ -13,6 +13,7 @@
 //!   `DENIED` and `FRAGMENTS`.
 //! - [`event`]: ring-buffer flow events and the per-CPU counters.
 //! - [`dns`]: DNS answers copied to user space.
+//! - [`prefilter`]: the uplink XDP prefilter's keys, timings and counters.
 //! - [`addr`]: the 16-byte address form and its IPv4 mapping.
 #![no_std]
 
@@ -23,6 +24,7 @@ pub mod endpoint;
 pub mod event;
 pub mod maps;
 pub mod policy;
+pub mod prefilter;
 
 /// IP protocol numbers the datapath classifies.
 pub mod proto {

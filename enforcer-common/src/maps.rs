@@ -47,8 +47,31 @@ pub const DNS_EVENTS_BYTES: u32 = 256 << 10;
 pub const ENDPOINT_COUNTERS: &str = "EP_COUNTERS";
 pub const ENDPOINT_COUNTERS_MAX: u32 = 4 * ENDPOINTS_MAX;
 
+/// LPM trie of [`crate::policy::CidrKey`] -> rule id (`u32`): external CIDRs the uplink
+/// prefilter drops (see [`crate::prefilter`]).
+pub const PREFILTER: &str = "PREFILTER";
+pub const PREFILTER_MAX: u32 = 1 << 18;
+
+/// Per-CPU rule id (`u32`) -> packets dropped (`u64`), created on a rule's first drop.
+pub const PREFILTER_DROPS: &str = "PREFILTER_DROPS";
+pub const PREFILTER_DROPS_MAX: u32 = PREFILTER_MAX;
+
+/// [`crate::prefilter::UplinkKey`] -> last seen (`u64`, ns), LRU: connections that left
+/// through an uplink, whose replies the prefilter never drops.
+pub const UPLINK_ALLOWED: &str = "UPLINK_ALLOWED";
+pub const UPLINK_ALLOWED_MAX: u32 = CONNTRACK_MAX;
+
+/// [`crate::policy::FragmentKey`] (endpoint 0) -> when its first fragment passed (`u64`,
+/// ns), LRU: later fragments of replies the prefilter let through.
+pub const PREFILTER_FRAGS: &str = "PREFILTER_FRAGS";
+pub const PREFILTER_FRAGS_MAX: u32 = 4096;
+
+/// Per-CPU `u64` counters indexed by [`crate::prefilter::PrefilterCounter`].
+pub const PREFILTER_STATS: &str = "PREFILTER_STATS";
+pub const PREFILTER_STATS_MAX: u32 = crate::prefilter::PrefilterCounter::COUNT;
+
 /// Every map Palisade pins, for uninstall and for checks that nothing is left behind.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 16] = [
     ENDPOINTS,
     CONNTRACK,
     IPCACHE,
@@ -60,8 +83,18 @@ pub const ALL: [&str; 11] = [
     COUNTERS,
     ENDPOINT_COUNTERS,
     DNS_EVENTS,
+    PREFILTER,
+    PREFILTER_DROPS,
+    UPLINK_ALLOWED,
+    PREFILTER_FRAGS,
+    PREFILTER_STATS,
 ];
 
 /// Names of the kernel programs, as the ELF sections name them.
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_POD: &str = "to_pod";
+/// XDP on a node uplink: drops traffic from denied external CIDRs.
+pub const PROG_PREFILTER: &str = "prefilter";
+/// TC (TCX) on a node uplink's egress: records the connections leaving, whose replies the
+/// prefilter lets through.
+pub const PROG_PREFILTER_OUT: &str = "prefilter_out";

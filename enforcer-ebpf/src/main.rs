@@ -16,6 +16,8 @@
     expect(internal_features, reason = "atomic add, see above")
 )]
 
+mod prefilter;
+
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map},

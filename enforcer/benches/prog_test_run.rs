@@ -12,8 +12,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, bail};
-use aya::programs::SchedClassifier;
 use aya::maps::{Map, MapData, RingBuf};
+use aya::programs::SchedClassifier;
 use enforcer::datapath::{
     self, Pins,
     rules::{self, EndpointConfig},
@@ -86,7 +86,10 @@ fn run(pins: &Pins) -> Result<()> {
     }
 
     println!("first packets of new connections, {NEW_CONNECTIONS} distinct SYNs each, median ns:");
-    println!("  {:>8}  {:>10}  {:>10}  {:>10}", "entries", "to a pod", "to world", "refused");
+    println!(
+        "  {:>8}  {:>10}  {:>10}  {:>10}",
+        "entries", "to a pod", "to world", "refused"
+    );
     let mut events = RingBuf::try_from(Map::from_map_data(MapData::from_pin(
         pins.map(map_names::EVENTS),
     )?)?)?;

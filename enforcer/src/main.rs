@@ -8,12 +8,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use enforcer::{
     agent::{self, AgentConfig},
     args::ModeArg,
     datapath::{
-        self, EndpointSpec, Pins, records::Namer, rules, stats, tables::Endpoints,
+        self, EndpointSpec, Pins,
+        prefilter::{self, XdpMode},
+        records::Namer,
+        rules, stats,
+        tables::Endpoints,
         writer::PinnedWriter,
     },
     lab,
@@ -21,6 +25,7 @@ use enforcer::{
     netns, paths,
     policy_file::NodePolicy,
 };
+use ipnet::IpNet;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -126,6 +131,14 @@ enum Command {
         #[command(flatten)]
         node: Node,
     },
+    /// The XDP prefilter on node uplinks: drops traffic from denied external CIDRs before
+    /// the network stack; replies of connections that left the node always pass.
+    Prefilter {
+        #[command(flatten)]
+        node: Node,
+        #[command(subcommand)]
+        command: PrefilterCommand,
+    },
     /// Run Palisade on one machine: pods as network namespaces wired like a node.
     Lab {
         /// Lab name: keeps several labs apart (namespaces, interfaces, pins, state).
@@ -134,6 +147,38 @@ enum Command {
         #[command(subcommand)]
         command: lab::cli::LabCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PrefilterCommand {
+    /// Attach to an uplink: XDP on what it receives, a connection recorder on what it sends.
+    Attach {
+        #[arg(long = "iface")]
+        interface: String,
+        /// auto: the driver's XDP when it has one, else generic; native: the driver's
+        /// only; skb: generic XDP (for veths, such as the lab's).
+        #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+        mode: XdpMode,
+    },
+    /// Detach from an uplink.
+    Detach {
+        #[arg(long = "iface")]
+        interface: String,
+    },
+    /// Deny exactly these CIDRs: those given with --deny and those in --file.
+    #[command(group = ArgGroup::new("list").required(true).multiple(true))]
+    Set {
+        /// A CIDR (203.0.113.0/24) or an address; repeatable.
+        #[arg(long, value_parser = prefilter::parse_cidr, group = "list")]
+        deny: Vec<IpNet>,
+        /// One CIDR or address per line; `#` starts a comment.
+        #[arg(short, long, group = "list")]
+        file: Option<PathBuf>,
+    },
+    /// Deny nothing.
+    Clear,
+    /// Where the prefilter is attached, what it denies, what it dropped.
+    Show,
 }
 
 fn main() -> Result<()> {
@@ -218,6 +263,27 @@ fn main() -> Result<()> {
         Command::Counters { node } => {
             for (counter, value) in stats::counters(&enter(&node)?)? {
                 println!("{:<16} {value}", counter.name());
+            }
+            Ok(())
+        }
+        Command::Prefilter { node, command } => {
+            let pins = enter(&node)?;
+            match command {
+                PrefilterCommand::Attach { interface, mode } => {
+                    let ifindex = prefilter::attach(&pins, &interface, mode)?;
+                    println!("prefilter attached to {interface} (ifindex {ifindex})");
+                }
+                PrefilterCommand::Detach { interface } => prefilter::detach(&pins, &interface)?,
+                PrefilterCommand::Set { deny, file } => {
+                    println!(
+                        "{}",
+                        prefilter::set_from_args(&pins, &deny, file.as_deref())?
+                    );
+                }
+                PrefilterCommand::Clear => {
+                    println!("{}", prefilter::set(&pins, &Default::default())?);
+                }
+                PrefilterCommand::Show => print!("{}", prefilter::status(&pins)?),
             }
             Ok(())
         }

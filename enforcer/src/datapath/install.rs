@@ -15,7 +15,7 @@ use aya::{
         tc,
     },
 };
-use enforcer_common::maps::{PROG_FROM_POD, PROG_TO_POD};
+use enforcer_common::maps::{PROG_FROM_POD, PROG_PREFILTER_OUT, PROG_TO_POD};
 use tracing::{debug, info, warn};
 
 use super::{Pins, object};
@@ -41,7 +41,8 @@ pub fn install(pins: &Pins) -> Result<Installed> {
 
     let mut links_upgraded = 0;
     let mut links_removed = 0;
-    for name in [PROG_FROM_POD, PROG_TO_POD] {
+    // The TC programs: the pods' two and the uplink prefilter's egress half.
+    for name in [PROG_FROM_POD, PROG_TO_POD, PROG_PREFILTER_OUT] {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| program_error(name, "finding in the object", ProgramError::NotLoaded))?
@@ -80,6 +81,10 @@ pub fn install(pins: &Pins) -> Result<Installed> {
             }
         }
     }
+    // The uplink prefilter (XDP).
+    let (upgraded, removed) = super::prefilter::install_program(&mut ebpf, pins)?;
+    links_upgraded += upgraded;
+    links_removed += removed;
     info!(
         root = %pins.version_dir().display(),
         links_upgraded, links_removed, "datapath installed"

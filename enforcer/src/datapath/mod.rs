@@ -16,6 +16,7 @@
 //! - [`records`]: kernel events and conntrack entries -> `model::FlowRecord` (the one place).
 //! - [`events`]: reading the ring buffer.
 //! - [`stats`]: conntrack dumps and per-CPU counters.
+//! - [`prefilter`]: the XDP prefilter on node uplinks: attach, the denied CIDR list, drops.
 //! - [`uninstall`]: removing everything Palisade pinned.
 pub mod attach;
 pub mod compile;
@@ -23,6 +24,7 @@ pub mod events;
 pub mod install;
 pub mod object;
 pub mod pins;
+pub mod prefilter;
 pub mod records;
 pub mod rules;
 pub mod stats;

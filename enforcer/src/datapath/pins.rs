@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! <root>/v1/maps/<MAP>                  every map, pinned by name
-//! <root>/v1/progs/{from_pod,to_pod}     the loaded programs
-//! <root>/v1/links/<ifindex>_<program>   one TCX link per endpoint and hook
+//! <root>/v1/progs/<program>             from_pod, to_pod (pod veths); prefilter (XDP) and
+//!                                       prefilter_out (TC egress) for node uplinks
+//! <root>/v1/links/<ifindex>_<program>   one link per interface and program
 //! ```
 
 use std::path::{Path, PathBuf};

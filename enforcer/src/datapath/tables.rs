@@ -17,6 +17,16 @@ use enforcer_common::{
 use super::Pins;
 use crate::error::{Error, Result};
 
+/// Is `e` the kernel saying the key is not there? aya reports a failed delete's ENOENT
+/// as a syscall error rather than as `KeyNotFound`.
+pub fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// A key-value table: a pinned BPF hash map or its in-memory twin.
 pub trait Table<K, V> {
     fn get(&self, key: &K) -> Result<Option<V>>;
@@ -140,7 +150,7 @@ impl<K: Pod, V: Pod> Table<(u32, K), V> for PinnedLpm<K, V> {
     fn remove(&mut self, (prefix, data): &(u32, K)) -> Result<bool> {
         match self.map.remove(&Key::new(*prefix, *data)) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(self.error("delete", e)),
         }
     }
@@ -172,7 +182,7 @@ impl<K: Pod, V: Pod> Table<K, V> for PinnedTable<K, V> {
     fn remove(&mut self, key: &K) -> Result<bool> {
         match self.map.remove(key) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(self.error("delete", e)),
         }
     }
