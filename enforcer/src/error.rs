@@ -54,6 +54,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(
+        "pinned map {map} at {path} has another layout than this agent's datapath \
+         (key/value/entries pinned {pinned:?}, expected {expected:?}): the pinned datapath \
+         comes from an incompatible version; remove it with `palisade uninstall` (enforcement \
+         is off until the agent installs again) or keep running the version that pinned it"
+    )]
+    LayoutMismatch {
+        map: String,
+        path: PathBuf,
+        pinned: (u32, u32, u32),
+        expected: (u32, u32, u32),
+    },
+
+    #[error("parsing the embedded eBPF object")]
+    Object(#[source] Box<aya_obj::ParseError>),
+
     #[error("no Palisade datapath is installed under {path} (start `palisade agent` first)")]
     NotInstalled { path: PathBuf },
 

@@ -34,6 +34,7 @@ pub struct Installed {
 pub fn install(pins: &Pins) -> Result<Installed> {
     raise_memlock_limit();
     pins.create_dirs()?;
+    check_layout(pins)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .load(object::bytes())
@@ -94,6 +95,35 @@ pub fn install(pins: &Pins) -> Result<Installed> {
         links_upgraded,
         links_removed,
     })
+}
+
+/// Refuse to reuse pinned maps whose layout differs from this binary's object. Reusing one
+/// would hand the new programs keys and values of another size; the layout version folder
+/// should prevent it, and this check makes a mistake there a clear error instead.
+fn check_layout(pins: &Pins) -> Result<()> {
+    let object = aya_obj::Object::parse(object::bytes()).map_err(|e| Error::Object(Box::new(e)))?;
+    for (name, map) in &object.maps {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| Error::Map {
+            map: "pinned map",
+            action: format!("reading {}", path.display()),
+            source: Box::new(source),
+        })?;
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
+        let expected = (map.key_size(), map.value_size(), map.max_entries());
+        if pinned != expected {
+            return Err(Error::LayoutMismatch {
+                map: name.clone(),
+                path,
+                pinned,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Point the pinned link at `path` to `program`; the pin itself stays.
