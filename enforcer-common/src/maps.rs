@@ -33,6 +33,11 @@ pub const FRAGMENTS_MAX: u32 = 16_384;
 pub const EVENTS: &str = "EVENTS";
 /// 4 MiB: about 58,000 events between two reads by the agent.
 pub const EVENTS_BYTES: u32 = 4 << 20;
+/// Events are submitted without waking the agent (a wake-up per new connection costs the
+/// node an interrupt per connection) until this much is waiting; the agent also drains the
+/// ring every [`EVENTS_DRAIN_MS`] on its own.
+pub const EVENTS_WAKEUP_BYTES: u64 = 256 << 10;
+pub const EVENTS_DRAIN_MS: u64 = 100;
 
 /// Per-CPU `u64` counters indexed by [`crate::event::Counter`].
 pub const COUNTERS: &str = "COUNTERS";

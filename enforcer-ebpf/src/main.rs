@@ -19,6 +19,7 @@
 mod prefilter;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
@@ -191,16 +192,8 @@ fn try_judge(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     let p: &Parsed = &scratch.parsed;
     if hook == Hook::FromPod && !owns(&here.ep, p) {
         count(Counter::Spoofed);
-        let key = conntrack_key(ep.endpoint_id, p, hook);
-        let judgment = refusal(mode, Reason::Spoofed, 0);
-        if judgment.verdict != Verdict::Allow {
-            let what = Verdicted {
-                kind: EventKind::NewConnection,
-                family: p.family,
-                direction: Direction::Egress,
-                judgment,
-            };
-            return Ok(refuse(&here, &key, &what));
+        if mode != Mode::Learn {
+            return Ok(spoofed(&here, scratch));
         }
     }
     if p.fragment == Fragment::Later {
@@ -361,6 +354,20 @@ fn copy_dns_answer(here: &Here, p: &Parsed) {
     } else {
         slot.discard(0);
     }
+}
+
+/// A pod sending from an address not its own: refused (and reported once per attempt).
+/// Out of line, with the key in scratch memory: the main frame has no room for it.
+#[inline(never)]
+fn spoofed(here: &Here, scratch: &mut Scratch) -> i32 {
+    scratch.key = conntrack_key(here.ep.endpoint_id, &scratch.parsed, here.hook);
+    let what = Verdicted {
+        kind: EventKind::NewConnection,
+        family: scratch.parsed.family,
+        direction: Direction::Egress,
+        judgment: refusal(here.mode, Reason::Spoofed, 0),
+    };
+    refuse(here, &scratch.key, &what)
 }
 
 /// ARP always passes, except a pod announcing an address that is not its own.
@@ -761,7 +768,13 @@ fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
         (*ev).packet_len = here.ctx.len();
         (*ev).peer_identity = judgment.peer_identity;
     }
-    slot.submit(0);
+    // Wake the agent only when events pile up; it drains the ring on a timer otherwise.
+    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= maps::EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    slot.submit(u64::from(wakeup));
 }
 
 /// Add to a counter that packets on other CPUs may be adding to at the same time.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use enforcer_common::conntrack::ConntrackKey;
+use enforcer_common::{conntrack::ConntrackKey, maps};
 use model::{FlowKind, FlowRecord};
 use tracing::{info, warn};
 
@@ -64,6 +64,9 @@ pub async fn run(
     let mut exported: HashMap<ConntrackKey, u64> = HashMap::new();
     let mut ticker = tokio::time::interval(config.stats_interval.unwrap_or(Duration::MAX));
     ticker.tick().await;
+    // The kernel wakes us only when events pile up; the rest are collected on this tick.
+    let mut drain = tokio::time::interval(Duration::from_millis(maps::EVENTS_DRAIN_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -78,17 +81,12 @@ pub async fn run(
                     namer.dns.learn(&answer.payload[..len], tcp, now);
                 }
             }
-            batch = reader.next_batch() => {
-                if let Some(fresh) = names.load_if_changed() {
-                    namer.names = fresh;
+            batch = reader.next_batch() => write_events(&mut namer, &mut names, batch?, &mut out)?,
+            _ = drain.tick() => {
+                let batch = reader.drain_now();
+                if !batch.is_empty() {
+                    write_events(&mut namer, &mut names, batch, &mut out)?;
                 }
-                for ev in batch? {
-                    match namer.event(&ev) {
-                        Ok(record) => write_record(&mut out, &record)?,
-                        Err(e) => warn!(error = %e, "skipping event"),
-                    }
-                }
-                out.flush().map_err(stdout_error)?;
             }
             _ = ticker.tick(), if config.stats_interval.is_some() => {
                 export_stats(&config.pins, &mut namer, &mut exported, &mut out)?;
@@ -98,6 +96,24 @@ pub async fn run(
     }
     info!("agent stopping; enforcement stays pinned");
     Ok(())
+}
+
+fn write_events(
+    namer: &mut Namer,
+    names: &mut NamesFile,
+    batch: Vec<enforcer_common::event::FlowEvent>,
+    out: &mut impl Write,
+) -> Result<()> {
+    if let Some(fresh) = names.load_if_changed() {
+        namer.names = fresh;
+    }
+    for ev in batch {
+        match namer.event(&ev) {
+            Ok(record) => write_record(out, &record)?,
+            Err(e) => warn!(error = %e, "skipping event"),
+        }
+    }
+    out.flush().map_err(stdout_error)
 }
 
 /// Sweep conntrack: a connection past its lifetime (idle, or closed by FIN/RST) gets a

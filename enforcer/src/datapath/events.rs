@@ -59,6 +59,12 @@ impl<T: Copy> RingReader<T> {
         })
     }
 
+    /// Every record available now, without waiting (records submitted without a wake-up
+    /// are only seen this way).
+    pub fn drain_now(&mut self) -> Vec<T> {
+        drain(self.ring.get_mut())
+    }
+
     /// Wait for records and return every record available now (at least one).
     pub async fn next_batch(&mut self) -> Result<Vec<T>> {
         loop {
