@@ -768,14 +768,22 @@ fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
         (*ev).packet_len = here.ctx.len();
         (*ev).peer_identity = judgment.peer_identity;
     }
-    // Wake the agent only when events pile up; it drains the ring on a timer otherwise.
-    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= maps::EVENTS_WAKEUP_BYTES {
+    // Wake the agent only when this event takes the waiting data past the threshold: once
+    // per pile-up, not once per event after it (a forced wake-up is an interrupt). Below the
+    // threshold, or while the agent is behind, it drains the ring on its timer.
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let crossed = waiting >= maps::EVENTS_WAKEUP_BYTES
+        && waiting < maps::EVENTS_WAKEUP_BYTES + RINGBUF_RECORD_BYTES;
+    let wakeup = if crossed {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     slot.submit(u64::from(wakeup));
 }
+
+/// Bytes one FlowEvent takes in the ring: the record and the ring's 8-byte header.
+const RINGBUF_RECORD_BYTES: u64 = size_of::<FlowEvent>() as u64 + 8;
 
 /// Add to a counter that packets on other CPUs may be adding to at the same time.
 #[inline(always)]
