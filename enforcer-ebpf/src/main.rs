@@ -772,8 +772,8 @@ fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
     // per pile-up, not once per event after it (a forced wake-up is an interrupt). Below the
     // threshold, or while the agent is behind, it drains the ring on its timer.
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let crossed = waiting >= maps::EVENTS_WAKEUP_BYTES
-        && waiting < maps::EVENTS_WAKEUP_BYTES + RINGBUF_RECORD_BYTES;
+    let crossed = (maps::EVENTS_WAKEUP_BYTES..maps::EVENTS_WAKEUP_BYTES + RINGBUF_RECORD_BYTES)
+        .contains(&waiting);
     let wakeup = if crossed {
         BPF_RB_FORCE_WAKEUP
     } else {
