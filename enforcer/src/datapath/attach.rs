@@ -120,7 +120,8 @@ pub fn ifindex_of(interface: &str) -> Result<u32> {
     })
 }
 
-fn require_tcx() -> Result<()> {
+/// TCX links need Linux 6.6.
+pub(super) fn require_tcx() -> Result<()> {
     let kernel = KernelVersion::current().map_err(|source| Error::Io {
         path: "/proc/sys/kernel/osrelease".into(),
         source: std::io::Error::other(source),

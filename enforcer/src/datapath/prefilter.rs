@@ -24,14 +24,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
         xdp::XdpLink,
     },
-    util::KernelVersion,
 };
 use aya_obj::programs::XdpAttachType;
 use enforcer_common::{
@@ -44,8 +43,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     Pins,
-    attach::ifindex_of,
+    attach::{ifindex_of, require_tcx},
     rules::{ip_from_kernel, kernel_addr},
+    stats,
     tables::{PinnedLpm, Table, is_missing},
 };
 use crate::error::{Error, Result};
@@ -409,20 +409,9 @@ pub fn denied(pins: &Pins) -> Result<Vec<(IpNet, u32)>> {
 
 /// `PREFILTER_STATS`, each counter summed over CPUs.
 pub fn counters(pins: &Pins) -> Result<Vec<(PrefilterCounter, u64)>> {
-    pins.require_installed()?;
-    let path = pins.map(maps::PREFILTER_STATS);
-    let err = |action: &str, source| map_error(maps::PREFILTER_STATS, &path, action, source);
-    let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
-    let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
-    let array: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(map).map_err(|e| err("typing", e))?;
-    PrefilterCounter::ALL
-        .iter()
-        .map(|&c| {
-            let per_cpu = array.get(&(c as u32), 0).map_err(|e| err("reading", e))?;
-            Ok((c, per_cpu.iter().sum()))
-        })
-        .collect()
+    let slots: Vec<u32> = PrefilterCounter::ALL.iter().map(|&c| c as u32).collect();
+    let totals = stats::per_cpu_totals(pins, maps::PREFILTER_STATS, &slots)?;
+    Ok(PrefilterCounter::ALL.iter().copied().zip(totals).collect())
 }
 
 fn map_error(map: &'static str, path: &Path, action: &str, source: MapError) -> Error {
@@ -685,20 +674,6 @@ fn require_programs(pins: &Pins) -> Result<()> {
     } else {
         Err(Error::NotInstalled {
             path: pins.progs_dir(),
-        })
-    }
-}
-
-fn require_tcx() -> Result<()> {
-    let kernel = KernelVersion::current().map_err(|source| Error::Io {
-        path: "/proc/sys/kernel/osrelease".into(),
-        source: std::io::Error::other(source),
-    })?;
-    if kernel >= KernelVersion::new(6, 6, 0) {
-        Ok(())
-    } else {
-        Err(Error::TcxUnsupported {
-            kernel: format!("{kernel:?}"),
         })
     }
 }

@@ -1,14 +1,17 @@
 //! Reading conntrack and the per-CPU counters (for exports and for `palisade conntrack` /
 //! `palisade counters`); never per packet.
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use enforcer_common::{
     conntrack::{ConntrackKey, ConntrackValue},
     event::Counter,
     maps,
 };
 
-use super::{Pins, tables::PinnedTable, tables::Table};
+use super::{
+    Pins,
+    tables::{PinnedTable, Table, open_pinned},
+};
 use crate::error::{Error, Result};
 
 /// Every conntrack entry (all endpoints).
@@ -37,22 +40,23 @@ pub fn monotonic_coarse_ns() -> u64 {
 
 /// Each counter summed over CPUs.
 pub fn counters(pins: &Pins) -> Result<Vec<(Counter, u64)>> {
-    pins.require_installed()?;
-    let path = pins.map(maps::COUNTERS);
-    let err = |action: &str, source| Error::Map {
-        map: maps::COUNTERS,
-        action: format!("{action} {}", path.display()),
-        source: Box::new(source),
-    };
-    let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
-    let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
-    let array: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(map).map_err(|e| err("typing", e))?;
-    Counter::ALL
+    let slots: Vec<u32> = Counter::ALL.iter().map(|&c| c as u32).collect();
+    let totals = per_cpu_totals(pins, maps::COUNTERS, &slots)?;
+    Ok(Counter::ALL.iter().copied().zip(totals).collect())
+}
+
+/// Slots of the pinned per-CPU `u64` array `name`, each summed over CPUs.
+pub fn per_cpu_totals(pins: &Pins, name: &'static str, slots: &[u32]) -> Result<Vec<u64>> {
+    let array: PerCpuArray<MapData, u64> = open_pinned(pins, name)?;
+    slots
         .iter()
-        .map(|&c| {
-            let per_cpu = array.get(&(c as u32), 0).map_err(|e| err("reading", e))?;
-            Ok((c, per_cpu.iter().sum()))
+        .map(|slot| {
+            let per_cpu = array.get(slot, 0).map_err(|source| Error::Map {
+                map: name,
+                action: format!("reading slot {slot}"),
+                source: Box::new(source),
+            })?;
+            Ok(per_cpu.iter().sum())
         })
         .collect()
 }

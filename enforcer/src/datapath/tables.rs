@@ -1,7 +1,7 @@
 //! The maps user space edits, behind one small trait: the agent uses the pinned maps, unit
 //! tests an in-memory twin, and the rules in [`super::rules`] are written once for both.
 
-use std::{collections::HashMap, hash::Hash, path::Path};
+use std::{collections::HashMap, hash::Hash};
 
 use aya::{
     Pod,
@@ -51,22 +51,29 @@ pub struct PinnedTable<K, V> {
     map: aya::maps::HashMap<MapData, K, V>,
 }
 
+/// Open the pinned map `name` as the aya map type `M` (a hash map, an LPM trie, ...).
+pub fn open_pinned<M>(pins: &Pins, name: &'static str) -> Result<M>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    pins.require_installed()?;
+    let path = pins.map(name);
+    let err = |action: &str, source: MapError| Error::Map {
+        map: name,
+        action: format!("{action} {}", path.display()),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
+    let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
+    M::try_from(map).map_err(|e| err("typing", e))
+}
+
 impl<K: Pod, V: Pod> PinnedTable<K, V> {
     pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
-        pins.require_installed()?;
-        Self::open_path(&pins.map(name), name)
-    }
-
-    fn open_path(path: &Path, name: &'static str) -> Result<Self> {
-        let err = |action: &str, source: MapError| Error::Map {
-            map: name,
-            action: format!("{action} {}", path.display()),
-            source: Box::new(source),
-        };
-        let data = MapData::from_pin(path).map_err(|e| err("opening", e))?;
-        let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
-        let map = aya::maps::HashMap::try_from(map).map_err(|e| err("typing", e))?;
-        Ok(Self { name, map })
+        Ok(Self {
+            name,
+            map: open_pinned(pins, name)?,
+        })
     }
 
     fn error(&self, action: &str, source: MapError) -> Error {
@@ -98,17 +105,10 @@ pub struct PinnedLpm<K, V> {
 
 impl<K: Pod, V: Pod> PinnedLpm<K, V> {
     pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
-        pins.require_installed()?;
-        let path = pins.map(name);
-        let err = |action: &str, source: MapError| Error::Map {
-            map: name,
-            action: format!("{action} {}", path.display()),
-            source: Box::new(source),
-        };
-        let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
-        let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
-        let map = aya::maps::LpmTrie::try_from(map).map_err(|e| err("typing", e))?;
-        Ok(Self { name, map })
+        Ok(Self {
+            name,
+            map: open_pinned(pins, name)?,
+        })
     }
 
     fn error(&self, action: &str, source: MapError) -> Error {
