@@ -2,11 +2,11 @@
 
 use std::marker::PhantomData;
 
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use enforcer_common::{dns::DnsEvent, event::FlowEvent, maps};
 use tokio::io::unix::AsyncFd;
 
-use super::Pins;
+use super::{Pins, tables::open_pinned};
 use crate::error::{Error, Result};
 
 /// A pinned ring buffer of `T` records, readable from async code.
@@ -37,15 +37,8 @@ impl<T: Copy> RingReader<T> {
     /// Open a pinned ring buffer. Records written while no agent ran are still there (up
     /// to the buffer's size); the kernel counts the ones that did not fit.
     pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
-        pins.require_installed()?;
+        let ring: RingBuf<MapData> = open_pinned(pins, name)?;
         let path = pins.map(name);
-        let err = |source: aya::maps::MapError| Error::Map {
-            map: name,
-            action: format!("opening {}", path.display()),
-            source: Box::new(source),
-        };
-        let data = MapData::from_pin(&path).map_err(err)?;
-        let ring = RingBuf::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
         // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged,
         // for as long as it lives, which is as long as the AsyncFd that owns it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io {
