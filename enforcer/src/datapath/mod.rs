@@ -14,7 +14,7 @@
 //! - [`compile`]: the rule model -> `POLICY` and `CIDRS` entries (pure).
 //! - [`writer`]: writing a node's rules and identities in an order that never opens a gap.
 //! - [`records`]: kernel events and conntrack entries -> `model::FlowRecord` (the one place).
-//! - [`events`]: reading the ring buffer.
+//! - [`events`]: reading the ring buffers (flow events, DNS answers).
 //! - [`stats`]: conntrack dumps and per-CPU counters.
 //! - [`prefilter`]: the XDP prefilter on node uplinks: attach, the denied CIDR list, drops.
 //! - [`uninstall`]: removing everything Palisade pinned.
