@@ -288,13 +288,7 @@ fn established_ipv4(here: &Here) -> i32 {
     {
         return NOT_HANDLED;
     }
-    let (packets, bytes) = match here.hook {
-        Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
-        Hook::ToPod => (&mut entry.packets_to_pod, &mut entry.bytes_to_pod),
-    };
-    atomic_add(packets, 1);
-    atomic_add(bytes, u64::from(here.ctx.len()));
-    entry.last_seen_ns = here.now;
+    account(here, entry);
     // A verdict that stands is Allow or WouldDeny: Deny never stays in conntrack.
     tc_action::NEXT
 }
@@ -449,15 +443,7 @@ fn is_related(here: &Here, q: &Quoted) -> bool {
 
 #[inline(never)]
 fn existing(here: &Here, key: &ConntrackKey, entry: &mut ConntrackValue, p: &Parsed) -> i32 {
-    let now = here.now;
-    let len = u64::from(here.ctx.len());
-    let (packets, bytes) = match here.hook {
-        Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
-        Hook::ToPod => (&mut entry.packets_to_pod, &mut entry.bytes_to_pod),
-    };
-    atomic_add(packets, 1);
-    atomic_add(bytes, len);
-    entry.last_seen_ns = now;
+    account(here, entry);
     if p.protocol == proto::TCP {
         entry.tcp_state = tcp_advance(entry.tcp_state, p.tcp_flags, here.hook == Hook::FromPod);
     }
@@ -784,6 +770,18 @@ fn emit(here: &Here, key: &ConntrackKey, what: &Verdicted) {
 
 /// Bytes one FlowEvent takes in the ring: the record and the ring's 8-byte header.
 const RINGBUF_RECORD_BYTES: u64 = size_of::<FlowEvent>() as u64 + 8;
+
+/// Count this packet on its connection (in the direction it travels) and mark it live.
+#[inline(always)]
+fn account(here: &Here, entry: &mut ConntrackValue) {
+    let (packets, bytes) = match here.hook {
+        Hook::FromPod => (&mut entry.packets_from_pod, &mut entry.bytes_from_pod),
+        Hook::ToPod => (&mut entry.packets_to_pod, &mut entry.bytes_to_pod),
+    };
+    atomic_add(packets, 1);
+    atomic_add(bytes, u64::from(here.ctx.len()));
+    entry.last_seen_ns = here.now;
+}
 
 /// Add to a counter that packets on other CPUs may be adding to at the same time.
 #[inline(always)]

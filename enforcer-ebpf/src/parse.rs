@@ -11,9 +11,9 @@ use enforcer_common::{
 
 use crate::packet::Packet;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
@@ -171,9 +171,9 @@ pub fn parse_into<P: Packet + ?Sized>(pkt: &P, p: &mut Parsed) -> Kind {
     }
 }
 
-/// The ethertype after any VLAN tags, and the offset of the L3 header.
+/// The ethertype after any VLAN tags (at most two), and the offset of the L3 header.
 #[inline(always)]
-fn ethernet<P: Packet + ?Sized>(pkt: &P) -> Option<(u16, usize)> {
+pub fn ethernet<P: Packet + ?Sized>(pkt: &P) -> Option<(u16, usize)> {
     let mut off = ETH_HLEN;
     let mut ethertype = pkt.be16_at(12)?;
     for _ in 0..MAX_VLAN_TAGS {

@@ -50,7 +50,7 @@ use enforcer_common::{
 };
 use enforcer_ebpf::{
     packet::Packet,
-    parse::{Fragment, Kind, Parsed, parse_into},
+    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Fragment, Kind, Parsed, ethernet, parse_into},
 };
 
 use crate::{IPCACHE, Skb};
@@ -81,14 +81,6 @@ static PF_SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
 
 const SLOT_XDP: u32 = 0;
 const SLOT_TC: u32 = 1;
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-/// As many tags as the full parser follows.
-const MAX_VLAN_TAGS: usize = 2;
 
 /// `frags`: on uplinks with jumbo frames, drivers hand XDP multi-buffer frames, and refuse
 /// to attach a program that does not accept them.
@@ -156,15 +148,7 @@ fn try_prefilter(ctx: &XdpContext) -> Result<u32, u32> {
 /// anything else, which the prefilter leaves to the stack.
 #[inline(always)]
 fn source<P: Packet>(pkt: &P) -> Option<(u8, Addr)> {
-    let mut off = ETH_HLEN;
-    let mut ethertype = pkt.be16_at(12)?;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = pkt.be16_at(off + 2)?;
-        off += 4;
-    }
+    let (ethertype, off) = ethernet(pkt)?;
     match ethertype {
         ETH_P_IP => {
             let [version_ihl] = pkt.bytes::<1>(off)?;

@@ -24,7 +24,7 @@ use enforcer_common::maps::{self as map_names, PROG_FROM_POD, PROG_TO_POD};
 use model::{
     Direction, Protocol,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+    rules::{EndpointRules, Peer, PortRange, Rule},
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -147,15 +147,7 @@ fn policy(entries: u32) -> Desired {
         ports: Some(PortRange::single(8080)),
     });
     Desired {
-        endpoints: [(
-            LOOPBACK_IFINDEX,
-            EndpointRules {
-                ingress: Isolation::Isolated,
-                egress: Isolation::Isolated,
-                rules,
-            },
-        )]
-        .into(),
+        endpoints: [(LOOPBACK_IFINDEX, EndpointRules::isolated(rules))].into(),
         ipcache: [(POD_PEER.into(), Identity(Identity::FIRST_LABELS))].into(),
         cidrs: [(world, Identity(Identity::FIRST_CIDR))].into(),
         services: vec![],

@@ -143,7 +143,7 @@ fn export_stats(
                 continue;
             }
         }
-        match namer.conntrack(key.endpoint, key, value) {
+        match namer.conntrack(key, value) {
             Ok(mut record) => {
                 if closed {
                     record.kind = FlowKind::Closed;

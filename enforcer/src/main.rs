@@ -343,7 +343,7 @@ fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
 fn conntrack(pins: &Pins, json: bool) -> Result<()> {
     let mut namer = Namer::new(Names::default());
     for (key, value) in stats::conntrack(pins)? {
-        let record = namer.conntrack(key.endpoint, &key, &value)?;
+        let record = namer.conntrack(&key, &value)?;
         if json {
             println!("{}", serde_json::to_string(&record)?);
         } else {

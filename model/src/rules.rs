@@ -208,6 +208,24 @@ impl Evaluation {
 }
 
 impl EndpointRules {
+    /// Both directions isolated: only `rules` let connections through.
+    pub fn isolated(rules: Vec<Rule>) -> Self {
+        Self {
+            ingress: Isolation::Isolated,
+            egress: Isolation::Isolated,
+            rules,
+        }
+    }
+
+    /// Nothing isolated: everything passes (Kubernetes, for a pod no policy selects).
+    pub fn open() -> Self {
+        Self {
+            ingress: Isolation::Open,
+            egress: Isolation::Open,
+            rules: Vec::new(),
+        }
+    }
+
     pub fn isolation(&self, direction: Direction) -> Isolation {
         match direction {
             Direction::Ingress => self.ingress,
@@ -347,17 +365,9 @@ mod tests {
         }
     }
 
-    fn isolated(rules: Vec<Rule>) -> EndpointRules {
-        EndpointRules {
-            ingress: Isolation::Isolated,
-            egress: Isolation::Isolated,
-            rules,
-        }
-    }
-
     #[test]
     fn an_identity_rule_allows_its_port_only() {
-        let rules = isolated(vec![rule(
+        let rules = EndpointRules::isolated(vec![rule(
             1,
             Direction::Ingress,
             Peer::Identity(WEB),
@@ -379,7 +389,7 @@ mod tests {
     #[test]
     fn cidr_rules_cover_pods_too_and_honour_except() {
         let net: IpNet = "10.244.0.0/16".parse().unwrap();
-        let rules = isolated(vec![rule(
+        let rules = EndpointRules::isolated(vec![rule(
             2,
             Direction::Egress,
             Peer::Cidr {
@@ -465,7 +475,7 @@ mod tests {
 
     #[test]
     fn every_matching_rule_is_reported() {
-        let rules = isolated(vec![
+        let rules = EndpointRules::isolated(vec![
             rule(
                 9,
                 Direction::Egress,
@@ -569,7 +579,7 @@ mod tests {
 
     #[test]
     fn services_are_judged_by_their_backends_on_the_target_port() {
-        let allow_db_8080 = isolated(vec![rule(
+        let allow_db_8080 = EndpointRules::isolated(vec![rule(
             5,
             Direction::Egress,
             Peer::Identity(DB),
@@ -583,7 +593,7 @@ mod tests {
             Evaluation::Rules(vec![5])
         );
         // A rule for the Service port, not the target port, allows nothing.
-        let allow_db_80 = isolated(vec![rule(
+        let allow_db_80 = EndpointRules::isolated(vec![rule(
             6,
             Direction::Egress,
             Peer::Identity(DB),

@@ -10,7 +10,7 @@ use enforcer::datapath::writer::{Desired, PinnedWriter};
 use model::{
     Direction, Protocol,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+    rules::{EndpointRules, Peer, PortRange, Rule},
 };
 use tests::{
     frames::{self, L4},
@@ -33,11 +33,10 @@ fn node() -> KernelNode {
     let desired = Desired {
         endpoints: [(
             ENDPOINT,
-            EndpointRules {
-                ingress: Isolation::Isolated,
-                egress: Isolation::Isolated,
-                rules: vec![rule(1, Protocol::Tcp, 443), rule(2, Protocol::Udp, 53)],
-            },
+            EndpointRules::isolated(vec![
+                rule(1, Protocol::Tcp, 443),
+                rule(2, Protocol::Udp, 53),
+            ]),
         )]
         .into(),
         ipcache: [("10.244.0.9".parse().unwrap(), Identity(300))].into(),

@@ -22,7 +22,7 @@ use enforcer::{
 use model::{
     Direction, FlowKind, FlowRecord, Mode, Protocol, Reason, Verdict,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule, Service, ServicePort},
+    rules::{EndpointRules, Peer, PortRange, Rule, Service, ServicePort},
 };
 use tests::{agent::Agent, lab::TestLab, require_root, traffic};
 
@@ -413,25 +413,9 @@ fn rule(id: u32, direction: Direction, peer: Peer, protocol: Protocol, port: u16
     }
 }
 
-fn isolated(rules: Vec<Rule>) -> EndpointRules {
-    EndpointRules {
-        ingress: Isolation::Isolated,
-        egress: Isolation::Isolated,
-        rules,
-    }
-}
-
-fn open() -> EndpointRules {
-    EndpointRules {
-        ingress: Isolation::Open,
-        egress: Isolation::Open,
-        rules: vec![],
-    }
-}
-
 /// a may open TCP 8080 to b, and b may send UDP 5353 to a; nothing else, either way.
 fn a_rules() -> EndpointRules {
-    isolated(vec![
+    EndpointRules::isolated(vec![
         rule(
             11,
             Direction::Egress,
@@ -548,7 +532,7 @@ fn isolated_endpoints_pass_only_what_a_rule_allows_in_each_direction() {
 
     // Open again: everything passes.
     node.set_mode("t/a", Mode::Enforce);
-    node.set_rules("t/a", open());
+    node.set_rules("t/a", EndpointRules::open());
     assert!(traffic::tcp_connects(
         &b.netns,
         SocketAddr::new(a.ipv4.into(), 8080)
@@ -561,7 +545,7 @@ fn a_connection_opened_in_learn_mode_is_cut_when_enforcement_starts() {
     require_root!();
     let node = Node::up(Mode::Learn);
     let a = node.pod("t/a");
-    node.set_rules("t/a", isolated(vec![]));
+    node.set_rules("t/a", EndpointRules::isolated(vec![]));
     let mut session = traffic::TcpSession::open(&a.netns, SocketAddr::new(ext(4), 443)).unwrap();
     assert!(session.echo(b"learning").is_ok(), "learn mode allows");
     node.set_mode("t/a", Mode::Enforce);
@@ -647,7 +631,7 @@ fn enforcement_outlives_the_agent_and_a_restart_reuses_the_pins() {
             .any(|r| r.local.port == 42_000 && r.remote.ip == b_ip),
         "{records:#?}"
     );
-    node.set_rules("t/a", open());
+    node.set_rules("t/a", EndpointRules::open());
     assert!(traffic::tcp_connects(
         &a.netns,
         SocketAddr::new(ext(4), 443)
@@ -660,7 +644,7 @@ fn uninstall_leaves_no_program_link_pin_or_qdisc_behind() {
     let mut node = Node::up(Mode::Enforce);
     let a = node.pod("t/a").clone();
     let b_ip = IpAddr::from(node.pod("t/b").ipv4);
-    node.set_rules("t/a", isolated(vec![]));
+    node.set_rules("t/a", EndpointRules::isolated(vec![]));
     assert!(!traffic::tcp_connects(
         &a.netns,
         SocketAddr::new(b_ip, 8080)
@@ -795,7 +779,7 @@ fn egress_to_a_service_is_judged_by_its_backends_on_the_target_port() {
         backends: vec![(b.ipv4.into(), B_ID), (b.ipv6.into(), B_ID)],
     };
     // Allowed to the backends' identity on the target port: the ClusterIP works.
-    let to_backends = isolated(vec![rule(
+    let to_backends = EndpointRules::isolated(vec![rule(
         21,
         Direction::Egress,
         Peer::Identity(B_ID),
@@ -819,7 +803,7 @@ fn egress_to_a_service_is_judged_by_its_backends_on_the_target_port() {
         "{records:#?}"
     );
     // A rule for the Service port alone allows nothing: Kubernetes judges the backend port.
-    let service_port_only = isolated(vec![rule(
+    let service_port_only = EndpointRules::isolated(vec![rule(
         22,
         Direction::Egress,
         Peer::Any,

@@ -12,7 +12,7 @@ use enforcer_common::maps::{CONNTRACK_MAX, DENIED_MAX};
 use model::{
     Direction, Protocol,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+    rules::{EndpointRules, Peer, PortRange, Rule},
 };
 use tests::{
     frames::{self, L4},
@@ -30,17 +30,13 @@ fn pod() -> IpAddr {
 
 /// Egress TCP to port 8080 of anyone; nothing else, either way.
 fn rules() -> Desired {
-    let rules = EndpointRules {
-        ingress: Isolation::Isolated,
-        egress: Isolation::Isolated,
-        rules: vec![Rule {
-            id: 1,
-            direction: Direction::Egress,
-            peer: Peer::Any,
-            protocol: Some(Protocol::Tcp),
-            ports: Some(PortRange::single(8080)),
-        }],
-    };
+    let rules = EndpointRules::isolated(vec![Rule {
+        id: 1,
+        direction: Direction::Egress,
+        peer: Peer::Any,
+        protocol: Some(Protocol::Tcp),
+        ports: Some(PortRange::single(8080)),
+    }]);
     Desired {
         endpoints: [(ENDPOINT, rules)].into(),
         ipcache: [("10.244.0.20".parse().unwrap(), PEER_ID)].into(),

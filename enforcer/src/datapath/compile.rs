@@ -158,7 +158,7 @@ pub fn cidr_identity_of(addr: IpAddr, cidrs: &CidrIdentities) -> Option<Identity
 mod tests {
     use model::{
         Protocol,
-        rules::{Isolation, PortRange, Rule},
+        rules::{PortRange, Rule},
     };
 
     use super::*;
@@ -175,14 +175,6 @@ mod tests {
             .collect()
     }
 
-    fn isolated(rules: Vec<Rule>) -> EndpointRules {
-        EndpointRules {
-            ingress: Isolation::Isolated,
-            egress: Isolation::Isolated,
-            rules,
-        }
-    }
-
     #[test]
     fn a_cidr_rule_selects_the_prefixes_inside_it_but_not_its_excepts() {
         let cidrs = cidr_ids(&["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.168.0.0/16"]);
@@ -197,7 +189,7 @@ mod tests {
 
     #[test]
     fn port_ranges_become_prefix_blocks_and_any_protocol_stops_early() {
-        let rules = isolated(vec![
+        let rules = EndpointRules::isolated(vec![
             Rule {
                 id: 3,
                 direction: Direction::Ingress,
@@ -237,7 +229,7 @@ mod tests {
 
     #[test]
     fn invalid_rules_compile_to_nothing() {
-        let rules = isolated(vec![Rule {
+        let rules = EndpointRules::isolated(vec![Rule {
             id: 1,
             direction: Direction::Egress,
             peer: Peer::Any,

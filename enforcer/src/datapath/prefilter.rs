@@ -24,7 +24,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
@@ -46,7 +46,7 @@ use super::{
     attach::{ifindex_of, require_tcx},
     rules::{ip_from_kernel, kernel_addr},
     stats,
-    tables::{PinnedLpm, Table, is_missing},
+    tables::{Pinned, PinnedLpm, Table, is_missing},
 };
 use crate::error::{Error, Result};
 
@@ -303,27 +303,11 @@ pub fn set_denied(
 // ----- Pinned maps ------------------------------------------------------------------------
 
 /// `PREFILTER_DROPS`: packets dropped per rule, summed over CPUs.
-pub struct DropCounters {
-    map: PerCpuHashMap<MapData, u32, u64>,
-}
+pub type DropCounters = Pinned<PerCpuHashMap<MapData, u32, u64>>;
 
 impl DropCounters {
-    pub fn open(pins: &Pins) -> Result<Self> {
-        pins.require_installed()?;
-        let path = pins.map(maps::PREFILTER_DROPS);
-        let err = |action: &str, source| map_error(maps::PREFILTER_DROPS, &path, action, source);
-        let data = MapData::from_pin(&path).map_err(|e| err("opening", e))?;
-        let map = Map::from_map_data(data).map_err(|e| err("opening", e))?;
-        let map = PerCpuHashMap::try_from(map).map_err(|e| err("typing", e))?;
-        Ok(Self { map })
-    }
-
-    fn error(action: &str, source: MapError) -> Error {
-        Error::Map {
-            map: maps::PREFILTER_DROPS,
-            action: action.to_owned(),
-            source: Box::new(source),
-        }
+    pub fn open_drops(pins: &Pins) -> Result<Self> {
+        Self::open(pins, maps::PREFILTER_DROPS)
     }
 }
 
@@ -332,7 +316,7 @@ impl Table<u32, u64> for DropCounters {
         match self.map.get(id, 0) {
             Ok(per_cpu) => Ok(Some(per_cpu.iter().sum())),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(Self::error("lookup", e)),
+            Err(e) => Err(self.error("lookup", e)),
         }
     }
 
@@ -350,7 +334,7 @@ impl Table<u32, u64> for DropCounters {
         })?;
         self.map
             .insert(id, values, 0)
-            .map_err(|e| Self::error("update", e))
+            .map_err(|e| self.error("update", e))
     }
 
     fn remove(&mut self, id: &u32) -> Result<bool> {
@@ -358,7 +342,7 @@ impl Table<u32, u64> for DropCounters {
             Ok(()) => Ok(true),
             // A rule that never dropped anything has no counter.
             Err(e) if is_missing(&e) => Ok(false),
-            Err(e) => Err(Self::error("delete", e)),
+            Err(e) => Err(self.error("delete", e)),
         }
     }
 
@@ -367,14 +351,14 @@ impl Table<u32, u64> for DropCounters {
             .iter()
             .map(|r| r.map(|(id, per_cpu)| (id, per_cpu.iter().sum())))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Self::error("iterate", e))
+            .map_err(|e| self.error("iterate", e))
     }
 }
 
 /// Deny exactly `desired` (see [`set_denied`]).
 pub fn set(pins: &Pins, desired: &BTreeSet<IpNet>) -> Result<Change> {
     let mut trie = DenyTable::open(pins, maps::PREFILTER)?;
-    let mut drops = DropCounters::open(pins)?;
+    let mut drops = DropCounters::open_drops(pins)?;
     let change = set_denied(&mut trie, &mut drops, desired)?;
     info!(
         added = change.added.len(),
@@ -412,14 +396,6 @@ pub fn counters(pins: &Pins) -> Result<Vec<(PrefilterCounter, u64)>> {
     let slots: Vec<u32> = PrefilterCounter::ALL.iter().map(|&c| c as u32).collect();
     let totals = stats::per_cpu_totals(pins, maps::PREFILTER_STATS, &slots)?;
     Ok(PrefilterCounter::ALL.iter().copied().zip(totals).collect())
-}
-
-fn map_error(map: &'static str, path: &Path, action: &str, source: MapError) -> Error {
-    Error::Map {
-        map,
-        action: format!("{action} {}", path.display()),
-        source: Box::new(source),
-    }
 }
 
 // ----- Attaching ----------------------------------------------------------------------------
@@ -754,7 +730,10 @@ pub fn status(pins: &Pins) -> Result<Status> {
             uplink.egress = true;
         }
     }
-    let drops: HashMap<u32, u64> = DropCounters::open(pins)?.entries()?.into_iter().collect();
+    let drops: HashMap<u32, u64> = DropCounters::open_drops(pins)?
+        .entries()?
+        .into_iter()
+        .collect();
     let rules = denied(pins)?
         .into_iter()
         .map(|(net, id)| Rule {

@@ -141,13 +141,14 @@ impl Namer {
         })
     }
 
-    /// A conntrack entry (on the endpoint of `ifindex`) as a flow record with counters.
+    /// A conntrack entry as a flow record with counters.
     pub fn conntrack(
         &mut self,
-        ifindex: u32,
         key: &ConntrackKey,
         value: &ConntrackValue,
     ) -> Result<FlowRecord, DecodeError> {
+        // An endpoint's id is the ifindex of its interface (see `rules::register_endpoint`).
+        let ifindex = key.endpoint;
         let interface = self.interface(ifindex);
         Ok(FlowRecord {
             time: self.clock.rfc3339(value.last_seen_ns),

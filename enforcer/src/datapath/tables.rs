@@ -45,11 +45,16 @@ pub type Cidrs = PinnedLpm<CidrKey, u32>;
 /// `POLICY`: (prefix length, key) -> rule.
 pub type Policy = PinnedLpm<PolicyKey, PolicyValue>;
 
-/// A pinned BPF hash map, opened by path.
-pub struct PinnedTable<K, V> {
+/// A pinned BPF map of aya type `M`, with its name for errors.
+pub struct Pinned<M> {
     name: &'static str,
-    map: aya::maps::HashMap<MapData, K, V>,
+    pub(super) map: M,
 }
+
+/// A pinned BPF hash map.
+pub type PinnedTable<K, V> = Pinned<aya::maps::HashMap<MapData, K, V>>;
+/// A pinned BPF LPM trie, keyed by (prefix length, data).
+pub type PinnedLpm<K, V> = Pinned<aya::maps::LpmTrie<MapData, K, V>>;
 
 /// Open the pinned map `name` as the aya map type `M` (a hash map, an LPM trie, ...).
 pub fn open_pinned<M>(pins: &Pins, name: &'static str) -> Result<M>
@@ -68,7 +73,7 @@ where
     M::try_from(map).map_err(|e| err("typing", e))
 }
 
-impl<K: Pod, V: Pod> PinnedTable<K, V> {
+impl<M: TryFrom<Map, Error = MapError>> Pinned<M> {
     pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
         Ok(Self {
             name,
@@ -76,7 +81,7 @@ impl<K: Pod, V: Pod> PinnedTable<K, V> {
         })
     }
 
-    fn error(&self, action: &str, source: MapError) -> Error {
+    pub(super) fn error(&self, action: &str, source: MapError) -> Error {
         Error::Map {
             map: self.name,
             action: action.to_owned(),
@@ -94,29 +99,6 @@ impl Endpoints {
 impl Ipcache {
     pub fn open_ipcache(pins: &Pins) -> Result<Self> {
         Self::open(pins, maps::IPCACHE)
-    }
-}
-
-/// A pinned BPF LPM trie, keyed by (prefix length, data).
-pub struct PinnedLpm<K, V> {
-    name: &'static str,
-    map: aya::maps::LpmTrie<MapData, K, V>,
-}
-
-impl<K: Pod, V: Pod> PinnedLpm<K, V> {
-    pub fn open(pins: &Pins, name: &'static str) -> Result<Self> {
-        Ok(Self {
-            name,
-            map: open_pinned(pins, name)?,
-        })
-    }
-
-    fn error(&self, action: &str, source: MapError) -> Error {
-        Error::Map {
-            map: self.name,
-            action: action.to_owned(),
-            source: Box::new(source),
-        }
     }
 }
 

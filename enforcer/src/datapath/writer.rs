@@ -108,43 +108,38 @@ where
         for (ifindex, rules) in &desired.endpoints {
             self.set_rules(*ifindex, rules, &desired.cidrs, &desired.services)?;
         }
-        for ((prefix, key), id) in compile::cidr_entries(&desired.cidrs) {
-            self.tables.cidrs.set((prefix, key), id)?;
-        }
-        for (addr, id) in &desired.ipcache {
+        let cidrs: HashMap<(u32, CidrKey), u32> =
+            compile::cidr_entries(&desired.cidrs).into_iter().collect();
+        let pods = desired.ipcache.iter().map(|(addr, id)| {
             let value = IpcacheValue {
                 identity: id.0,
                 flags: 0,
             };
-            self.tables.ipcache.set(kernel_addr(*addr), value)?;
+            (kernel_addr(*addr), value)
+        });
+        let services = desired.services.iter().flat_map(|s| {
+            let value = IpcacheValue {
+                identity: s.identity.0,
+                flags: ipcache_flags::SERVICE,
+            };
+            s.cluster_ips
+                .iter()
+                .map(move |ip| (kernel_addr(*ip), value))
+        });
+        let ipcache: HashMap<[u8; 16], IpcacheValue> = pods.chain(services).collect();
+        for (key, id) in &cidrs {
+            self.tables.cidrs.set(*key, *id)?;
         }
-        let wanted: Vec<_> = compile::cidr_entries(&desired.cidrs)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        for (addr, value) in &ipcache {
+            self.tables.ipcache.set(*addr, *value)?;
+        }
         for (key, _) in self.tables.cidrs.entries()? {
-            if !wanted.contains(&key) {
+            if !cidrs.contains_key(&key) {
                 self.tables.cidrs.remove(&key)?;
             }
         }
-        for service in &desired.services {
-            for ip in &service.cluster_ips {
-                let value = IpcacheValue {
-                    identity: service.identity.0,
-                    flags: ipcache_flags::SERVICE,
-                };
-                self.tables.ipcache.set(kernel_addr(*ip), value)?;
-            }
-        }
-        let services = desired.services.iter().flat_map(|s| &s.cluster_ips);
-        let wanted: Vec<_> = desired
-            .ipcache
-            .keys()
-            .chain(services)
-            .map(|a| kernel_addr(*a))
-            .collect();
         for (addr, _) in self.tables.ipcache.entries()? {
-            if !wanted.contains(&addr) {
+            if !ipcache.contains_key(&addr) {
                 self.tables.ipcache.remove(&addr)?;
             }
         }
