@@ -17,7 +17,9 @@ pub const IPCACHE_MAX: u32 = 1 << 20;
 pub const CIDRS: &str = "CIDRS";
 pub const CIDRS_MAX: u32 = 1 << 18;
 
-/// LPM trie of [`crate::policy::PolicyKey`] -> [`crate::policy::PolicyValue`].
+/// LPM trie of [`crate::policy::PolicyKey`] -> [`crate::policy::PolicyValue`]. Every
+/// endpoint's rules are held twice (the live generation and its ready spare), so the node
+/// holds up to half this many rule entries.
 pub const POLICY: &str = "POLICY";
 pub const POLICY_MAX: u32 = 1 << 20;
 

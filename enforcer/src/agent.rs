@@ -23,6 +23,7 @@ use crate::{
     },
     error::{Error, Result},
     names::Names,
+    policy_source::PolicySource,
 };
 
 pub struct AgentConfig {
@@ -35,6 +36,9 @@ pub struct AgentConfig {
     pub ready_file: Option<PathBuf>,
     /// How often to export counters of live connections (None = never).
     pub stats_interval: Option<Duration>,
+    /// A node policy file to enforce and watch (the agent then is the policy's only
+    /// writer; see [`PolicySource`]).
+    pub policy_file: Option<PathBuf>,
 }
 
 /// Run until `shutdown` completes, writing JSON lines of [`FlowRecord`] to `out`.
@@ -49,6 +53,14 @@ pub async fn run(
     for spec in &config.endpoints {
         datapath::attach(&config.pins, spec)?;
     }
+    let mut policy = match &config.policy_file {
+        Some(path) => {
+            let mut source = PolicySource::open(&config.pins, path)?;
+            source.reload();
+            Some(source)
+        }
+        None => None,
+    };
     let mut reader = EventReader::open_events(&config.pins)?;
     let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
@@ -81,6 +93,12 @@ pub async fn run(
                     namer.dns.learn(&answer.payload[..len], tcp, now);
                 }
             }
+            changed = policy_changed(&mut policy) => {
+                changed?;
+                if let Some(source) = &mut policy {
+                    source.reload();
+                }
+            }
             batch = reader.next_batch() => write_events(&mut namer, &mut names, batch?, &mut out)?,
             _ = drain.tick() => {
                 let batch = reader.drain_now();
@@ -96,6 +114,14 @@ pub async fn run(
     }
     info!("agent stopping; enforcement stays pinned");
     Ok(())
+}
+
+/// Resolve when the watched policy file changed; never without one.
+async fn policy_changed(policy: &mut Option<PolicySource>) -> Result<()> {
+    match policy {
+        Some(source) => source.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn write_events(

@@ -70,6 +70,12 @@ pub enum Error {
     #[error("parsing the embedded eBPF object")]
     Object(#[source] Box<aya_obj::ParseError>),
 
+    #[error(
+        "another process writes Palisade's policy maps ({path} is locked): while an agent \
+         manages policy (`palisade agent --policy`), change the policy through its file"
+    )]
+    PolicyLocked { path: PathBuf },
+
     #[error("no Palisade datapath is installed under {path} (start `palisade agent` first)")]
     NotInstalled { path: PathBuf },
 

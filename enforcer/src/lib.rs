@@ -14,6 +14,8 @@
 //! - [`lab`]: `palisade lab`: topology files, namespaces and veths, pod servers, probes.
 //! - [`paths`]: default locations (bpffs root, run folder).
 //! - [`policy_file`]: a node's compiled rules and identities as a YAML file.
+//! - [`policy_source`]: the policy file an agent enforces and watches.
+//! - [`watch`]: waiting for a file to change (inotify on its folder).
 //! - [`error`]: the library's error type.
 pub mod agent;
 pub mod args;
@@ -25,5 +27,7 @@ pub mod names;
 pub mod netns;
 pub mod paths;
 pub mod policy_file;
+pub mod policy_source;
+pub mod watch;
 
 pub use error::{Error, Result};

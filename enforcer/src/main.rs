@@ -74,6 +74,11 @@ enum Command {
         /// Export counters of live connections this often (e.g. 10s; 0 = never).
         #[arg(long, env = "PALISADE_STATS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
         stats_interval: Duration,
+        /// Enforce this node policy file (as `palisade policy -f` reads it) and apply every
+        /// change to it, writing only what changed. The agent is then the only writer of
+        /// policy: `palisade policy` and `detach` are refused while it runs.
+        #[arg(long, env = "PALISADE_POLICY")]
+        policy: Option<PathBuf>,
     },
     /// Attach the datapath to one more pod interface (the agent must have installed it).
     Attach {
@@ -205,6 +210,7 @@ fn main() -> Result<()> {
             output,
             ready_file,
             stats_interval,
+            policy,
         } => {
             let pins = enter(&node)?;
             let config = AgentConfig {
@@ -221,6 +227,7 @@ fn main() -> Result<()> {
                 names_file: names,
                 ready_file,
                 stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
+                policy_file: policy,
             };
             run_agent(config, output)
         }

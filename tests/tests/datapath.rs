@@ -899,3 +899,101 @@ fn external_peers_are_named_by_the_dns_answers_pods_receive() {
         "{record:#?}"
     );
 }
+
+/// Write `policy` to `path` the way tools replace files: a new file renamed over it.
+fn replace_policy_file(path: &std::path::Path, text: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// Poll `check` for up to 5 s.
+fn eventually(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn the_agent_enforces_its_policy_file_and_keeps_the_last_good_one() {
+    require_root!();
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("node.json");
+    let path_arg = path.to_str().unwrap();
+    // The file does not exist yet: the agent says so and keeps watching.
+    let node = Node::up_with(
+        Mode::Enforce,
+        &["--stats-interval", "0", "--policy", path_arg],
+    );
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let b_web = SocketAddr::new(b.ipv4.into(), 8080);
+    let policy_allowing = |protocol: Protocol, port: u16| {
+        let mut policy = enforcer::policy_file::NodePolicy::default();
+        policy.endpoints.insert(
+            b.host_interface.clone(),
+            EndpointRules::isolated(vec![rule(
+                21,
+                Direction::Ingress,
+                Peer::Identity(A_ID),
+                protocol,
+                port,
+            )]),
+        );
+        policy.ipcache.insert(a.ipv4.into(), A_ID);
+        policy.ipcache.insert(b.ipv4.into(), B_ID);
+        serde_json::to_string_pretty(&policy).unwrap()
+    };
+
+    replace_policy_file(&path, &policy_allowing(Protocol::Tcp, 8080));
+    assert!(
+        eventually(|| traffic::tcp_connects(&a.netns, b_web)),
+        "the file's rule is enforced:\n{}",
+        node.agent().log_text()
+    );
+    let udp_to_b = |port| {
+        traffic::udp_echo(&a.netns, port, SocketAddr::new(b.ipv4.into(), 5353), 1, 16).unwrap()
+    };
+    assert_eq!(udp_to_b(42_001), 0, "b's ingress is isolated");
+
+    // Only one writer: the CLI is refused while the agent owns the policy.
+    let cli = std::process::Command::new(tests::palisade_bin())
+        .args(["policy", "--netns", &node.lab.node_netns(), "--bpffs-root"])
+        .arg(node.lab.bpffs_root())
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        !cli.status.success() && stderr.contains("is locked"),
+        "{stderr}"
+    );
+
+    // A broken file is reported with its line, and the last good policy stays.
+    let refusals = || {
+        node.agent()
+            .log_text()
+            .matches("policy not applied")
+            .count()
+    };
+    let before = refusals();
+    replace_policy_file(&path, "{\"endpoints\": {\n  \"x\": 1}}");
+    assert!(eventually(|| refusals() > before));
+    let log = node.agent().log_text();
+    assert!(log.contains("node.json") && log.contains("line 2"), "{log}");
+    assert!(traffic::tcp_connects(&a.netns, b_web));
+
+    // A good change replaces the rule: TCP 8080 refused, UDP 5353 allowed.
+    replace_policy_file(&path, &policy_allowing(Protocol::Udp, 5353));
+    assert!(
+        eventually(|| !traffic::tcp_connects(&a.netns, b_web)),
+        "{}",
+        node.agent().log_text()
+    );
+    assert_eq!(udp_to_b(42_002), 1);
+}

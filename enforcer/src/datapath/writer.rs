@@ -1,17 +1,36 @@
-//! Writing what the node enforces into the maps, in an order that never opens a gap:
+//! Writing what the node enforces into the maps, in an order that never opens a gap, with
+//! work proportional to the change rather than to the policy.
 //!
-//! 1. each endpoint's `POLICY` entries are written under its unused generation, then the
-//!    endpoint's `ENDPOINTS` entry flips to that generation (one update: the swap), then
-//!    the old generation's entries are deleted;
+//! Each endpoint's `POLICY` entries exist under two generations; the endpoint's `ENDPOINTS`
+//! entry names the live one. The writer remembers what it wrote under both, so a change is
+//! written as a difference:
+//!
+//! 1. the spare generation is brought to the new rules (only the entries that differ), then
+//!    the endpoint's `ENDPOINTS` entry flips to it (one update: the swap, never half-applied),
+//!    then the old generation is brought to the same rules, so it is a ready spare for the
+//!    next change; an endpoint whose rules did not change is not touched (its connections
+//!    are not judged again);
 //! 2. only then `CIDRS` and `IPCACHE` gain the prefixes and addresses those entries refer
 //!    to (an identity never reaches the kernel before the rules that mention it);
 //! 3. stale `CIDRS` and `IPCACHE` entries go last.
+//!
+//! The writer reads the maps once, when it is opened; from then on it must be their only
+//! writer. [`PinnedWriter::open`] takes an exclusive lock on the pinned maps folder for its
+//! lifetime, so a second writer (the CLI while an agent manages policy) fails at once with
+//! a clear error instead of silently making the first one's memory wrong.
+//!
+//! A program run that read the endpoint just before a flip may look its rules up while the
+//! old generation is being rewritten; its verdict is then one the old or the new rules
+//! give, and the connection is judged again at its next packet (the flip bumps the policy
+//! revision).
 //!
 //! Written over [`Table`], so the whole sequence is unit-tested in memory.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fs::File,
     net::IpAddr,
+    os::fd::AsRawFd,
 };
 
 use enforcer_common::{
@@ -22,6 +41,7 @@ use model::{
     identity::Identity,
     rules::{EndpointRules, Isolation, Service},
 };
+use tracing::warn;
 
 use super::{
     Pins,
@@ -50,24 +70,89 @@ pub struct Tables<E, I, C, P> {
     pub policy: P,
 }
 
+/// How much one [`Writer::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Endpoints whose rules were swapped.
+    pub endpoints: usize,
+    /// Map entries written (both generations, `CIDRS`, `IPCACHE`).
+    pub writes: usize,
+    /// Map entries deleted.
+    pub deletes: usize,
+}
+
+impl Changes {
+    fn add(&mut self, other: Changes) {
+        self.endpoints += other.endpoints;
+        self.writes += other.writes;
+        self.deletes += other.deletes;
+    }
+}
+
 /// A writer over the pinned maps.
 pub type PinnedWriter = Writer<Endpoints, Ipcache, Cidrs, Policy>;
 
 impl PinnedWriter {
     pub fn open(pins: &Pins) -> Result<Self> {
-        Self::new(Tables {
+        let lock = lock_maps(pins)?;
+        let mut writer = Self::new(Tables {
             endpoints: Endpoints::open_endpoints(pins)?,
             ipcache: Ipcache::open_ipcache(pins)?,
             cidrs: Cidrs::open_cidrs(pins)?,
             policy: Policy::open_policy(pins)?,
-        })
+        })?;
+        writer.lock = Some(lock);
+        Ok(writer)
     }
+}
+
+/// Take the exclusive writer lock on the pinned maps folder (released when the file
+/// closes, including when the process dies).
+fn lock_maps(pins: &Pins) -> Result<File> {
+    pins.require_installed()?;
+    lock_dir(pins.maps_dir())
+}
+
+fn lock_dir(path: std::path::PathBuf) -> Result<File> {
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let dir = File::open(&path).map_err(io)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::PolicyLocked { path });
+        }
+        return Err(io(source));
+    }
+    Ok(dir)
+}
+
+/// A `POLICY` key without its generation (always 0 here), and its value.
+type Entries = HashMap<(u32, PolicyKey), PolicyValue>;
+
+/// One endpoint's rules, compiled.
+struct Compiled {
+    entries: Entries,
+    ingress_isolated: u8,
+    egress_isolated: u8,
+}
+
+/// What the writer knows is in `POLICY` for one endpoint, per generation.
+#[derive(Default)]
+struct Written {
+    generations: [Entries; 2],
 }
 
 pub struct Writer<E, I, C, P> {
     tables: Tables<E, I, C, P>,
-    /// Keys of each endpoint's live generation (by endpoint id).
-    live: HashMap<u32, Vec<(u32, PolicyKey)>>,
+    /// By endpoint id.
+    written: HashMap<u32, Written>,
+    ipcache: HashMap<[u8; 16], IpcacheValue>,
+    cidrs: HashMap<(u32, CidrKey), u32>,
+    lock: Option<File>,
 }
 
 impl<E, I, C, P> Writer<E, I, C, P>
@@ -77,36 +162,57 @@ where
     C: Table<(u32, CidrKey), u32>,
     P: Table<(u32, PolicyKey), PolicyValue>,
 {
-    /// Take over the maps as they are: learn each endpoint's live entries and delete
-    /// entries of unused generations (left by an update that a crash interrupted) and of
-    /// endpoints that no longer exist.
+    /// Take over the maps as they are: learn both generations of each endpoint, and delete
+    /// the entries of endpoints that no longer exist.
     pub fn new(mut tables: Tables<E, I, C, P>) -> Result<Self> {
-        let generations: HashMap<u32, u8> = tables
+        let mut written: HashMap<u32, Written> = tables
             .endpoints
             .entries()?
             .into_iter()
-            .map(|(_, info)| (info.endpoint_id, info.policy_generation))
+            .map(|(_, info)| (info.endpoint_id, Written::default()))
             .collect();
-        let mut live: HashMap<u32, Vec<(u32, PolicyKey)>> = HashMap::new();
-        for (key, _) in tables.policy.entries()? {
-            let endpoint = key.1.endpoint_id();
-            if generations.get(&endpoint) == Some(&key.1.generation) {
-                live.entry(endpoint).or_default().push(key);
-            } else {
-                tables.policy.remove(&key)?;
+        for ((prefix, key), value) in tables.policy.entries()? {
+            match written.get_mut(&key.endpoint_id()) {
+                Some(w) => {
+                    let generation = usize::from(key.generation & 1);
+                    w.generations[generation].insert((prefix, without_generation(key)), value);
+                }
+                None => {
+                    tables.policy.remove(&(prefix, key))?;
+                }
             }
         }
-        Ok(Self { tables, live })
+        let ipcache = tables.ipcache.entries()?.into_iter().collect();
+        let cidrs = tables.cidrs.entries()?.into_iter().collect();
+        Ok(Self {
+            tables,
+            written,
+            ipcache,
+            cidrs,
+            lock: None,
+        })
     }
 
     pub fn tables(&self) -> &Tables<E, I, C, P> {
         &self.tables
     }
 
-    /// Make the maps say `desired` (for the endpoints it names).
-    pub fn apply(&mut self, desired: &Desired) -> Result<()> {
-        for (ifindex, rules) in &desired.endpoints {
-            self.set_rules(*ifindex, rules, &desired.cidrs, &desired.services)?;
+    /// Make the maps say `desired` (for the endpoints it names). Every endpoint's rules are
+    /// compiled and checked before anything is written: a bad policy changes nothing.
+    pub fn apply(&mut self, desired: &Desired) -> Result<Changes> {
+        let compiled = desired
+            .endpoints
+            .iter()
+            .map(|(ifindex, rules)| {
+                Ok((
+                    *ifindex,
+                    self.compile(*ifindex, rules, &desired.cidrs, &desired.services)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut changes = Changes::default();
+        for (ifindex, wanted) in &compiled {
+            changes.add(self.swap(*ifindex, wanted)?);
         }
         let cidrs: HashMap<(u32, CidrKey), u32> =
             compile::cidr_entries(&desired.cidrs).into_iter().collect();
@@ -127,52 +233,76 @@ where
                 .map(move |ip| (kernel_addr(*ip), value))
         });
         let ipcache: HashMap<[u8; 16], IpcacheValue> = pods.chain(services).collect();
-        for (key, id) in &cidrs {
-            self.tables.cidrs.set(*key, *id)?;
-        }
-        for (addr, value) in &ipcache {
-            self.tables.ipcache.set(*addr, *value)?;
-        }
-        for (key, _) in self.tables.cidrs.entries()? {
-            if !cidrs.contains_key(&key) {
-                self.tables.cidrs.remove(&key)?;
-            }
-        }
-        for (addr, _) in self.tables.ipcache.entries()? {
-            if !ipcache.contains_key(&addr) {
-                self.tables.ipcache.remove(&addr)?;
-            }
-        }
-        Ok(())
+        // New and changed entries first, stale ones last (see the module docs).
+        changes.writes += write_new(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
+        changes.writes += write_new(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
+        changes.deletes += delete_stale(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
+        changes.deletes += delete_stale(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
+        Ok(changes)
     }
 
-    /// Swap in new rules for the endpoint on `ifindex` (see the module docs).
+    /// Swap in new rules for the endpoint on `ifindex` (see the module docs); nothing is
+    /// written when they are what the endpoint enforces already.
     pub fn set_rules(
         &mut self,
         ifindex: u32,
         rules: &EndpointRules,
         cidrs: &CidrIdentities,
         services: &[Service],
-    ) -> Result<()> {
+    ) -> Result<Changes> {
+        let wanted = self.compile(ifindex, rules, cidrs, services)?;
+        self.swap(ifindex, &wanted)
+    }
+
+    /// The endpoint's `POLICY` entries (generation 0) and isolation, checked.
+    fn compile(
+        &self,
+        ifindex: u32,
+        rules: &EndpointRules,
+        cidrs: &CidrIdentities,
+        services: &[Service],
+    ) -> Result<Compiled> {
+        let info = rules::endpoint(&self.tables.endpoints, ifindex)?;
+        let entries = compile::policy_entries(info.endpoint_id, 0, rules, cidrs, services)
+            .map_err(|source| Error::Rules { ifindex, source })?
+            .into_iter()
+            .collect();
+        Ok(Compiled {
+            entries,
+            ingress_isolated: u8::from(rules.ingress == Isolation::Isolated),
+            egress_isolated: u8::from(rules.egress == Isolation::Isolated),
+        })
+    }
+
+    fn swap(&mut self, ifindex: u32, wanted: &Compiled) -> Result<Changes> {
+        let info = rules::endpoint(&self.tables.endpoints, ifindex)?;
+        let (ingress, egress) = (wanted.ingress_isolated, wanted.egress_isolated);
+        let live = usize::from(info.policy_generation & 1);
+        let spare = live ^ 1;
+        let written = self.written.entry(info.endpoint_id).or_default();
+        if written.generations[live] == wanted.entries
+            && (info.ingress_isolated, info.egress_isolated) == (ingress, egress)
+        {
+            return Ok(Changes::default());
+        }
+        let wanted = &wanted.entries;
+        let mut changes = sync(&mut self.tables.policy, written, spare, wanted)?;
+        // The swap: one update of the endpoint (re-read, so a mode changed meanwhile stays).
         let mut info = rules::endpoint(&self.tables.endpoints, ifindex)?;
-        let next = info.policy_generation ^ 1;
-        let entries = compile::policy_entries(info.endpoint_id, next, rules, cidrs, services)
-            .map_err(|source| Error::Rules { ifindex, source })?;
-        for (key, value) in &entries {
-            self.tables.policy.set(*key, *value)?;
+        if usize::from(info.policy_generation & 1) != live {
+            warn!(
+                ifindex,
+                "the endpoint's policy generation changed under the writer"
+            );
         }
-        info.policy_generation = next;
-        info.ingress_isolated = u8::from(rules.ingress == Isolation::Isolated);
-        info.egress_isolated = u8::from(rules.egress == Isolation::Isolated);
+        info.policy_generation = spare as u8;
+        info.ingress_isolated = ingress;
+        info.egress_isolated = egress;
         rules::bump(&mut self.tables.endpoints, ifindex, info)?;
-        for key in self.live.remove(&info.endpoint_id).unwrap_or_default() {
-            self.tables.policy.remove(&key)?;
-        }
-        self.live.insert(
-            info.endpoint_id,
-            entries.into_iter().map(|(k, _)| k).collect(),
-        );
-        Ok(())
+        changes.endpoints = 1;
+        changes.writes += 1;
+        changes.add(sync(&mut self.tables.policy, written, live, wanted)?);
+        Ok(changes)
     }
 
     /// Remove the endpoint on `ifindex` and its rules; its conntrack entries age out.
@@ -181,11 +311,84 @@ where
             return Ok(());
         };
         self.tables.endpoints.remove(&ifindex)?;
-        for key in self.live.remove(&info.endpoint_id).unwrap_or_default() {
-            self.tables.policy.remove(&key)?;
+        let written = self.written.remove(&info.endpoint_id).unwrap_or_default();
+        for (generation, entries) in written.generations.iter().enumerate() {
+            for (prefix, key) in entries.keys() {
+                let key = with_generation(*key, generation as u8);
+                self.tables.policy.remove(&(*prefix, key))?;
+            }
         }
         Ok(())
     }
+}
+
+/// Bring one generation of an endpoint's `POLICY` entries to `wanted`.
+fn sync(
+    policy: &mut impl Table<(u32, PolicyKey), PolicyValue>,
+    written: &mut Written,
+    generation: usize,
+    wanted: &Entries,
+) -> Result<Changes> {
+    let have = &mut written.generations[generation];
+    let mut changes = Changes::default();
+    for ((prefix, key), value) in wanted {
+        if have.get(&(*prefix, *key)) != Some(value) {
+            policy.set((*prefix, with_generation(*key, generation as u8)), *value)?;
+            changes.writes += 1;
+        }
+    }
+    for (prefix, key) in have.keys() {
+        if !wanted.contains_key(&(*prefix, *key)) {
+            policy.remove(&(*prefix, with_generation(*key, generation as u8)))?;
+            changes.deletes += 1;
+        }
+    }
+    have.clone_from(wanted);
+    Ok(changes)
+}
+
+/// Write the entries of `wanted` that `have` lacks or holds with another value.
+fn write_new<K: std::hash::Hash + Eq + Copy, V: PartialEq + Copy>(
+    table: &mut impl Table<K, V>,
+    have: &mut HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+) -> Result<usize> {
+    let mut writes = 0;
+    for (key, value) in wanted {
+        if have.get(key) != Some(value) {
+            table.set(*key, *value)?;
+            have.insert(*key, *value);
+            writes += 1;
+        }
+    }
+    Ok(writes)
+}
+
+/// Delete the entries of `have` that `wanted` does not name.
+fn delete_stale<K: std::hash::Hash + Eq + Copy, V>(
+    table: &mut impl Table<K, V>,
+    have: &mut HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+) -> Result<usize> {
+    let stale: Vec<K> = have
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
+    for key in &stale {
+        table.remove(key)?;
+        have.remove(key);
+    }
+    Ok(stale.len())
+}
+
+fn without_generation(key: PolicyKey) -> PolicyKey {
+    with_generation(key, 0)
+}
+
+fn with_generation(mut key: PolicyKey, generation: u8) -> PolicyKey {
+    key.generation = generation;
+    key
 }
 
 #[cfg(test)]
@@ -227,30 +430,56 @@ mod tests {
         .unwrap()
     }
 
-    fn rules(port: u16) -> EndpointRules {
+    fn rule(id: u32, port: u16) -> Rule {
+        Rule {
+            id,
+            direction: Direction::Ingress,
+            peer: Peer::Identity(Identity(300)),
+            protocol: Some(Protocol::Tcp),
+            ports: Some(PortRange::single(port)),
+        }
+    }
+
+    fn rules_with(rules: Vec<Rule>) -> EndpointRules {
         EndpointRules {
             ingress: Isolation::Isolated,
             egress: Isolation::Open,
-            rules: vec![Rule {
-                id: 1,
-                direction: Direction::Ingress,
-                peer: Peer::Identity(Identity(300)),
-                protocol: Some(Protocol::Tcp),
-                ports: Some(PortRange::single(port)),
-            }],
+            rules,
         }
+    }
+
+    fn rules(port: u16) -> EndpointRules {
+        rules_with(vec![rule(1, port)])
+    }
+
+    fn set(w: &mut Mem, rules: &EndpointRules) -> Changes {
+        w.set_rules(IF, rules, &CidrIdentities::new(), &[]).unwrap()
     }
 
     fn info(w: &Mem) -> EndpointInfo {
         w.tables().endpoints.get(&IF).unwrap().unwrap()
     }
 
+    /// The ports of the entries under `generation`, sorted.
+    fn ports(w: &Mem, generation: u8) -> Vec<u16> {
+        let mut ports: Vec<u16> = w
+            .tables()
+            .policy
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|((_, k), _)| k.generation == generation)
+            .map(|((_, k), _)| u16::from_be_bytes(k.port))
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
     #[test]
-    fn an_update_flips_the_generation_and_leaves_only_the_new_entries() {
+    fn an_update_flips_the_generation_and_leaves_the_spare_a_copy() {
         let mut w = writer();
         let r0 = info(&w).policy_revision;
-        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
-            .unwrap();
+        set(&mut w, &rules(80));
         let first = info(&w);
         assert_eq!(
             (
@@ -261,52 +490,86 @@ mod tests {
             (1, 1, 0)
         );
         assert_eq!(first.policy_revision, r0 + 1);
-        w.set_rules(IF, &rules(443), &CidrIdentities::new(), &[])
-            .unwrap();
+        set(&mut w, &rules(443));
         assert_eq!(info(&w).policy_generation, 0);
-        let entries = w.tables().policy.entries().unwrap();
-        assert_eq!(entries.len(), 1);
-        let ((_, key), _) = entries[0];
-        assert_eq!((key.generation, u16::from_be_bytes(key.port)), (0, 443));
+        assert_eq!((ports(&w, 0), ports(&w, 1)), (vec![443], vec![443]));
     }
 
     #[test]
-    fn a_restarted_writer_cleans_up_an_interrupted_update() {
+    fn unchanged_rules_write_nothing_and_keep_connections() {
         let mut w = writer();
-        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
-            .unwrap();
+        set(&mut w, &rules(80));
+        let before = info(&w);
+        assert_eq!(set(&mut w, &rules(80)), Changes::default());
+        assert_eq!(info(&w), before);
+    }
+
+    #[test]
+    fn a_one_rule_change_writes_only_its_difference() {
+        let mut w = writer();
+        let many: Vec<Rule> = (1..=1000).map(|p| rule(u32::from(p), p)).collect();
+        set(&mut w, &rules_with(many.clone()));
+        let mut changed = many;
+        changed[0] = rule(1, 5000);
+        let changes = set(&mut w, &rules_with(changed));
+        // Per generation: one entry written, one deleted; and the flip.
+        assert_eq!(
+            changes,
+            Changes {
+                endpoints: 1,
+                writes: 3,
+                deletes: 2
+            }
+        );
+        for generation in [0, 1] {
+            let ports = ports(&w, generation);
+            assert_eq!(ports.len(), 1000);
+            assert!(ports.contains(&5000) && !ports.contains(&1));
+        }
+    }
+
+    #[test]
+    fn isolation_alone_is_a_change() {
+        let mut w = writer();
+        set(&mut w, &rules(80));
+        let mut open = rules(80);
+        open.ingress = Isolation::Open;
+        assert_eq!(set(&mut w, &open).endpoints, 1);
+        assert_eq!(info(&w).ingress_isolated, 0);
+    }
+
+    #[test]
+    fn a_restarted_writer_repairs_an_interrupted_update() {
+        let mut w = writer();
+        set(&mut w, &rules(80));
         let Tables {
             endpoints,
             ipcache,
             cidrs,
             mut policy,
         } = w.tables;
-        // A crash after writing the next generation's entries, before the flip.
+        // A crash while writing the spare generation (0), before the flip; and entries of
+        // an endpoint that is gone.
         let stray = PolicyKey::new(IF, 0, 2, 300, 6, 22);
         policy
             .set((104, stray), PolicyValue { rule_id: 5 })
             .unwrap();
-        let w = Writer::new(Tables {
+        let gone = PolicyKey::new(IF + 1, 0, 2, 300, 6, 22);
+        policy.set((104, gone), PolicyValue { rule_id: 5 }).unwrap();
+        let mut w = Writer::new(Tables {
             endpoints,
             ipcache,
             cidrs,
             policy,
         })
         .unwrap();
-        let keys: Vec<_> = w
-            .tables()
-            .policy
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|((_, k), _)| k)
-            .collect();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].generation, 1);
+        assert_eq!(w.tables().policy.entries().unwrap().len(), 3);
+        set(&mut w, &rules(443));
+        assert_eq!((ports(&w, 0), ports(&w, 1)), (vec![443], vec![443]));
     }
 
     #[test]
-    fn apply_writes_identities_and_removes_stale_ones() {
+    fn apply_writes_identities_once_and_removes_stale_ones() {
         let mut w = writer();
         let mut desired = Desired::default();
         desired.endpoints.insert(IF, rules(80));
@@ -320,21 +583,40 @@ mod tests {
         w.apply(&desired).unwrap();
         assert_eq!(w.tables().ipcache.entries().unwrap().len(), 1);
         assert_eq!(w.tables().cidrs.entries().unwrap().len(), 1);
+        assert_eq!(w.apply(&desired).unwrap(), Changes::default());
         desired.ipcache.clear();
         desired.cidrs.clear();
-        w.apply(&desired).unwrap();
+        let changes = w.apply(&desired).unwrap();
+        assert_eq!((changes.writes, changes.deletes), (0, 2));
         assert!(w.tables().ipcache.entries().unwrap().is_empty());
         assert!(w.tables().cidrs.entries().unwrap().is_empty());
     }
 
     #[test]
-    fn forgetting_an_endpoint_removes_its_entries() {
+    fn forgetting_an_endpoint_removes_both_generations() {
         let mut w = writer();
-        w.set_rules(IF, &rules(80), &CidrIdentities::new(), &[])
-            .unwrap();
+        set(&mut w, &rules(80));
+        set(&mut w, &rules(443));
         w.forget(IF).unwrap();
         assert!(w.tables().policy.entries().unwrap().is_empty());
         assert!(w.tables().endpoints.get(&IF).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_policy_with_one_bad_endpoint_changes_nothing() {
+        let mut w = writer();
+        let mut desired = Desired::default();
+        desired.endpoints.insert(IF, rules(80));
+        w.apply(&desired).unwrap();
+        let before = w.tables().policy.entries().unwrap().len();
+        desired.endpoints.insert(IF, rules(443));
+        desired.endpoints.insert(IF + 1, rules(443));
+        assert!(matches!(
+            w.apply(&desired),
+            Err(Error::NotAnEndpoint { .. })
+        ));
+        assert_eq!(ports(&w, info(&w).policy_generation), vec![80]);
+        assert_eq!(w.tables().policy.entries().unwrap().len(), before);
     }
 
     #[test]
@@ -344,5 +626,17 @@ mod tests {
             w.set_rules(IF + 1, &rules(80), &CidrIdentities::new(), &[]),
             Err(Error::NotAnEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path().to_owned()).unwrap();
+        assert!(matches!(
+            lock_dir(dir.path().to_owned()),
+            Err(Error::PolicyLocked { .. })
+        ));
+        drop(first);
+        lock_dir(dir.path().to_owned()).unwrap();
     }
 }
