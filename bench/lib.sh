@@ -117,10 +117,11 @@ cleanup() {
     exit "$rc"
 }
 
-# lab_up OUTDIR: two pods, the agent attached in enforce mode; sets NODE_NS, BPFFS,
-# CLIENT_NS/IF/IP/IP6, SERVER_NS/IF/IP/IP6.
+# lab_up OUTDIR [LAB_UP_ARGS...]: two pods, the agent attached in enforce mode (unless
+# --no-agent is passed on); sets NODE_NS, BPFFS, CLIENT_NS/IF/IP/IP6, SERVER_NS/IF/IP/IP6.
 lab_up() {
     local out=$1
+    shift
     [[ "$LAB" =~ ^[a-z0-9]{1,6}$ ]] || die "lab name $LAB: 1-6 lowercase letters or digits"
     cat >"$out/lab.yaml" <<'EOF'
 # Two pods on one node: the benchmark's client and server.
@@ -136,7 +137,7 @@ EOF
     trap 'exit 130' INT
     trap 'exit 143' TERM
     say "lab up: $LAB"
-    "$PALISADE" lab --name "$LAB" up -f "$out/lab.yaml" --mode enforce >"$out/lab-up.log" 2>&1 \
+    "$PALISADE" lab --name "$LAB" up -f "$out/lab.yaml" --mode enforce "$@" >"$out/lab-up.log" 2>&1 \
         || die "palisade lab up failed (a live lab named $LAB? see $out/lab-up.log)"
     LAB_UP=1
     "$PALISADE" lab --name "$LAB" status --json >"$out/lab.json"

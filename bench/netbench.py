@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import socket
 import statistics
 import struct
@@ -444,6 +445,17 @@ def cmd_propagation(a):
                     settle(s, sent, port, False)
 
     def run_policy(path):
+        if a.watched:
+            # The agent watches the file: the change is the rename of a complete copy.
+            staged = a.watched + ".staged"
+            shutil.copyfile(path, staged)
+            t0 = time.monotonic()
+            os.replace(staged, a.watched)
+            # Give the agent time to apply an intermediate step of a two-step change, so
+            # the control's half-applied state exists long enough to be probed.
+            if path == a.file_none:
+                pump(time.monotonic() + 0.05)
+            return t0, t0
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd + [path], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
@@ -712,6 +724,8 @@ def main():
     s.add_argument("--file-none", required=True)
     s.add_argument("--changes", type=int, default=50)
     s.add_argument("--two-step", type=int, default=0)
+    s.add_argument("--watched", help="apply changes by renaming files over this one (the "
+                   "agent's --policy) instead of running `palisade policy -f`")
     s.add_argument("--tick", type=float, default=0.001)
     s.add_argument("--deadline", type=float, default=0.3)
     s.add_argument("--settle", type=float, default=0.1)

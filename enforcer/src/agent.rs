@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// A node policy file to enforce and watch (the agent then is the policy's only
     /// writer; see [`PolicySource`]).
     pub policy_file: Option<PathBuf>,
+    /// Map sizes for a fresh install (a pinned datapath keeps its own).
+    pub sizing: datapath::Sizing,
 }
 
 /// Run until `shutdown` completes, writing JSON lines of [`FlowRecord`] to `out`.
@@ -47,7 +49,7 @@ pub async fn run(
     mut out: impl Write,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let installed = datapath::install(&config.pins)?;
+    let installed = datapath::install_with(&config.pins, config.sizing)?;
     // The maps and programs are pinned; the loader's own handles are not needed.
     drop(installed);
     for spec in &config.endpoints {

@@ -67,6 +67,14 @@ pub enum Error {
         expected: (u32, u32, u32),
     },
 
+    #[error(
+        "CONNTRACK is pinned with {pinned} entries and {requested} were asked for: a pinned \
+         table keeps its size; start the agent with --conntrack-max {pinned}, or resize by \
+         re-installing (`palisade uninstall`, which lifts enforcement until the agent installs \
+         again)"
+    )]
+    ConntrackSize { pinned: u32, requested: u32 },
+
     #[error("parsing the embedded eBPF object")]
     Object(#[source] Box<aya_obj::ParseError>),
 

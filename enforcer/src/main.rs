@@ -79,6 +79,10 @@ enum Command {
         /// policy: `palisade policy` and `detach` are refused while it runs.
         #[arg(long, env = "PALISADE_POLICY")]
         policy: Option<PathBuf>,
+        /// Connections the node tracks (CONNTRACK entries, ~200 bytes of kernel memory
+        /// each, preallocated). Fixed while the datapath stays pinned.
+        #[arg(long, env = "PALISADE_CONNTRACK_MAX", default_value_t = enforcer_common::maps::CONNTRACK_MAX)]
+        conntrack_max: u32,
     },
     /// Attach the datapath to one more pod interface (the agent must have installed it).
     Attach {
@@ -211,6 +215,7 @@ fn main() -> Result<()> {
             ready_file,
             stats_interval,
             policy,
+            conntrack_max,
         } => {
             let pins = enter(&node)?;
             let config = AgentConfig {
@@ -228,6 +233,7 @@ fn main() -> Result<()> {
                 ready_file,
                 stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
                 policy_file: policy,
+                sizing: datapath::Sizing { conntrack_max },
             };
             run_agent(config, output)
         }

@@ -34,3 +34,29 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
         Ok(_) => panic!("an incompatible pinned map was reused"),
     }
 }
+
+#[test]
+fn conntrack_keeps_the_size_it_was_installed_with() {
+    require_root!();
+    let pins = Pins::new(format!(
+        "/sys/fs/bpf/palisade-ctsize-{}",
+        tests::unique_id()
+    ));
+    let small = datapath::Sizing {
+        conntrack_max: 4096,
+    };
+    drop(datapath::install_with(&pins, small).unwrap());
+    let info = aya::maps::MapInfo::from_pin(pins.map(maps::CONNTRACK)).unwrap();
+    let resized = datapath::install(&pins).map(drop);
+    let again = datapath::install_with(&pins, small).map(drop);
+    datapath::uninstall(&pins).unwrap();
+    assert_eq!(info.max_entries(), 4096);
+    match resized {
+        Err(e @ Error::ConntrackSize { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("--conntrack-max 4096"), "{text}");
+        }
+        other => panic!("a pinned CONNTRACK was resized or reused: {other:?}"),
+    }
+    again.unwrap();
+}

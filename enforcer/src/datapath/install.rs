@@ -15,7 +15,7 @@ use aya::{
         tc,
     },
 };
-use enforcer_common::maps::{PROG_FROM_POD, PROG_PREFILTER_OUT, PROG_TO_POD};
+use enforcer_common::maps::{self, PROG_FROM_POD, PROG_PREFILTER_OUT, PROG_TO_POD};
 use tracing::{debug, info, warn};
 
 use super::{Pins, object};
@@ -30,13 +30,36 @@ pub struct Installed {
     pub links_removed: usize,
 }
 
-/// Load the datapath from this binary into the kernel under `pins`.
+/// Sizes chosen when the datapath is installed (fixed while its maps stay pinned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    /// `CONNTRACK` entries: live connections the node tracks. LRU maps are preallocated:
+    /// each entry costs about 200 bytes of kernel memory whether used or not (1,048,576
+    /// entries: about 200 MiB).
+    pub conntrack_max: u32,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Self {
+            conntrack_max: maps::CONNTRACK_MAX,
+        }
+    }
+}
+
+/// Load the datapath from this binary into the kernel under `pins`, with default sizes.
 pub fn install(pins: &Pins) -> Result<Installed> {
+    install_with(pins, Sizing::default())
+}
+
+/// Load the datapath from this binary into the kernel under `pins`.
+pub fn install_with(pins: &Pins, sizing: Sizing) -> Result<Installed> {
     raise_memlock_limit();
     pins.create_dirs()?;
-    check_layout(pins)?;
+    check_layout(pins, sizing)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
+        .map_max_entries(maps::CONNTRACK, sizing.conntrack_max)
         .load(object::bytes())
         .map_err(|e| Error::Load(Box::new(e)))?;
 
@@ -100,7 +123,7 @@ pub fn install(pins: &Pins) -> Result<Installed> {
 /// Refuse to reuse pinned maps whose layout differs from this binary's object. Reusing one
 /// would hand the new programs keys and values of another size; the layout version folder
 /// should prevent it, and this check makes a mistake there a clear error instead.
-fn check_layout(pins: &Pins) -> Result<()> {
+fn check_layout(pins: &Pins, sizing: Sizing) -> Result<()> {
     let object = aya_obj::Object::parse(object::bytes()).map_err(|e| Error::Object(Box::new(e)))?;
     for (name, map) in &object.maps {
         let path = pins.map(name);
@@ -113,7 +136,16 @@ fn check_layout(pins: &Pins) -> Result<()> {
             source: Box::new(source),
         })?;
         let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        let expected = (map.key_size(), map.value_size(), map.max_entries());
+        let mut expected = (map.key_size(), map.value_size(), map.max_entries());
+        if name == maps::CONNTRACK {
+            expected.2 = sizing.conntrack_max;
+            if pinned.0 == expected.0 && pinned.1 == expected.1 && pinned.2 != expected.2 {
+                return Err(Error::ConntrackSize {
+                    pinned: pinned.2,
+                    requested: expected.2,
+                });
+            }
+        }
         if pinned != expected {
             return Err(Error::LayoutMismatch {
                 map: name.clone(),

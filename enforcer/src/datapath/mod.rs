@@ -33,6 +33,6 @@ pub mod uninstall;
 pub mod writer;
 
 pub use attach::{EndpointSpec, attach, detach};
-pub use install::{Installed, install};
+pub use install::{Installed, Sizing, install, install_with};
 pub use pins::Pins;
 pub use uninstall::uninstall;
