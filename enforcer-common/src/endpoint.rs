@@ -17,11 +17,10 @@ pub struct EndpointInfo {
     pub policy_revision: u32,
     /// A [`Mode`] value.
     pub mode: u8,
-    /// 1 when the pod's ingress is isolated (only `POLICY` entries let connections in),
-    /// 0 when everything may connect to it.
-    pub ingress_isolated: u8,
-    /// The same for the pod's egress.
-    pub egress_isolated: u8,
+    /// [`direction_policy`] bits for connections into the pod.
+    pub ingress_policy: u8,
+    /// [`direction_policy`] bits for connections the pod opens.
+    pub egress_policy: u8,
     /// Which `POLICY` generation (0 or 1) is live for this endpoint.
     pub policy_generation: u8,
     /// The pod's IPv4 address, network byte order (0.0.0.0 = none).
@@ -32,6 +31,18 @@ pub struct EndpointInfo {
 
 const _: () = assert!(size_of::<EndpointInfo>() == 36);
 
+/// How one direction of an endpoint is judged ([`EndpointInfo::ingress_policy`],
+/// [`EndpointInfo::egress_policy`]). All bits clear is the safe reading of an entry
+/// written before a bit existed.
+pub mod direction_policy {
+    /// Isolated: only `POLICY` entries let connections through (clear: everything may).
+    pub const ISOLATED: u8 = 1;
+    /// No rule of this direction names a CIDR, so a peer whose identity `IPCACHE` knows
+    /// needs no `CIDRS` lookup (a longest-prefix match, the costliest lookup of a new
+    /// connection).
+    pub const NO_CIDR_RULES: u8 = 2;
+}
+
 impl EndpointInfo {
     pub const fn new(endpoint_id: u32, mode: Mode) -> Self {
         Self {
@@ -39,8 +50,8 @@ impl EndpointInfo {
             identity: 0,
             policy_revision: 0,
             mode: mode as u8,
-            ingress_isolated: 0,
-            egress_isolated: 0,
+            ingress_policy: 0,
+            egress_policy: 0,
             policy_generation: 0,
             ipv4: [0; 4],
             ipv6: [0; 16],

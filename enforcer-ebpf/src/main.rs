@@ -30,7 +30,7 @@ use enforcer_common::{
     addr::{self, Addr},
     conntrack::{ConntrackKey, ConntrackValue, tcp_advance},
     dns::{DNS_PAYLOAD_MAX, DnsEvent},
-    endpoint::EndpointInfo,
+    endpoint::{EndpointInfo, direction_policy},
     event::{Counter, EndpointCounter, EndpointCounterKey, EventKind, FlowEvent, Reason},
     maps,
     policy::{
@@ -621,14 +621,24 @@ fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction
         return allow(Reason::Host, 0, identity::HOST);
     }
     let service = cached.is_some_and(|v| v.flags & ipcache_flags::SERVICE != 0);
-    let cidr_key = Key::new(
-        CidrKey::LOOKUP_BITS,
-        CidrKey {
-            family,
-            addr: key.peer_addr,
-        },
-    );
-    let cidr = CIDRS.get(cidr_key).copied();
+    let policy = match direction {
+        Direction::Egress => ep.egress_policy,
+        Direction::Ingress => ep.ingress_policy,
+    };
+    // A known peer is looked up in CIDRS only when a rule of this direction names a CIDR
+    // (an ipBlock may cover pod addresses); an unknown one always, for its identity.
+    let cidr = if known.is_none() || policy & direction_policy::NO_CIDR_RULES == 0 {
+        let cidr_key = Key::new(
+            CidrKey::LOOKUP_BITS,
+            CidrKey {
+                family,
+                addr: key.peer_addr,
+            },
+        );
+        CIDRS.get(cidr_key).copied()
+    } else {
+        None
+    };
     let peer = known.unwrap_or(identity::WORLD);
     let peer_identity = if known.is_none() {
         cidr.unwrap_or(identity::WORLD)
@@ -638,11 +648,7 @@ fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction
     if here.mode == Mode::Learn {
         return allow(Reason::Learn, 0, peer_identity);
     }
-    let isolated = match direction {
-        Direction::Egress => ep.egress_isolated,
-        Direction::Ingress => ep.ingress_isolated,
-    };
-    if isolated == 0 {
+    if policy & direction_policy::ISOLATED == 0 {
         return allow(Reason::Open, 0, peer_identity);
     }
     // One key, rewritten between lookups: each key on the stack costs frame space.

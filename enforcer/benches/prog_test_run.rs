@@ -5,9 +5,11 @@
 //! is attached anywhere and no packet is sent) with pins under a unique bpffs folder that
 //! it removes at the end. Prints nanoseconds per packet for: an empty TC program (the
 //! floor); `from_pod` / `to_pod` on a 64-byte TCP packet of an established connection
-//! (median of rounds of 1,000,000 runs); and the first packet of new connections (each a
-//! distinct SYN, run once, median over many) to a pod peer (allowed by an identity rule), to
-//! a world peer (allowed by a CIDR rule) and refused, with 10 to 100,000 policy entries.
+//! (median of rounds of 1,000,000 runs), then again with CONNTRACK (a table of 1,048,576)
+//! filled with 1,000,000 connections, and on random ones of those (each run once); and the
+//! first packet of new connections (each a distinct SYN, run once, median over many) to a
+//! pod peer (allowed by an identity rule), to a world peer (allowed by a CIDR rule) and
+//! refused, with 10 to 100,000 policy entries, the table full.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -44,7 +46,10 @@ fn main() -> Result<()> {
 }
 
 fn run(pins: &Pins) -> Result<()> {
-    drop(datapath::install(pins)?);
+    let sizing = datapath::Sizing {
+        conntrack_max: CONNTRACK_MAX,
+    };
+    drop(datapath::install_with(pins, sizing)?);
     let config = EndpointConfig {
         mode: model::Mode::Enforce,
         ipv4: Some([10, 244, 0, 2].into()),
@@ -85,19 +90,74 @@ fn run(pins: &Pins) -> Result<()> {
         );
     }
 
+    let present = fill_conntrack(pins)?;
+    let filled = present.len();
+    println!(
+        "with CONNTRACK holding {filled} connections (table of {CONNTRACK_MAX}; established, this endpoint):"
+    );
+    // Filling may have evicted the measured connection: open it again.
+    run_once(prog_fd(&from_pod)?, &tcp_frame(pod, peer, 40000, 80, SYN))?;
+    run_once(
+        prog_fd(&to_pod)?,
+        &tcp_frame(peer, pod, 80, 40000, SYN | ACK),
+    )?;
+    for (name, fd, frame) in [
+        ("from_pod, established", prog_fd(&from_pod)?, &out),
+        ("to_pod,   established", prog_fd(&to_pod)?, &back),
+    ] {
+        let ns = measure(fd, frame)?;
+        println!(
+            "  {name:<26} {ns:>6.1} ns  (+{:.1} ns over empty), one connection, warm",
+            ns - floor
+        );
+    }
+    let mut rng = rand::rng();
+    let mut durations = Vec::with_capacity(NEW_CONNECTIONS);
+    for _ in 0..NEW_CONNECTIONS {
+        let i = present[rand::Rng::random_range(&mut rng, 0..filled)];
+        let frame = tcp_frame(pod, filler_peer(i), FILLER_POD_PORT, FILLER_PEER_PORT, ACK);
+        let (verdict, ns) = test_run(prog_fd(&from_pod)?, &frame, 1)?;
+        if verdict != TCX_NEXT {
+            bail!("a filled connection was not passed as established (verdict {verdict})");
+        }
+        durations.push(ns);
+    }
+    let random = median_of(durations);
+    // Run once, a measurement carries BPF_PROG_TEST_RUN's per-call cost: the same way,
+    // the empty program and the one warm connection.
+    let once = |fd: BorrowedFd<'_>, frame: &[u8]| -> Result<f64> {
+        let runs = (0..NEW_CONNECTIONS)
+            .map(|_| Ok(test_run(fd, frame, 1)?.1))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(median_of(runs))
+    };
+    let once_floor = once(empty.as_fd(), &out)?;
+    let once_warm = once(prog_fd(&from_pod)?, &out)?;
+    println!(
+        "  each run once ({NEW_CONNECTIONS} runs, median): empty {once_floor:.0} ns; from_pod on the one warm connection {once_warm:.0} ns (+{:.0}); on random connections of the {filled} {random:.0} ns (+{:.0})",
+        once_warm - once_floor,
+        random - once_floor
+    );
+
     println!("first packets of new connections, {NEW_CONNECTIONS} distinct SYNs each, median ns:");
     println!(
-        "  {:>8}  {:>10}  {:>10}  {:>10}",
-        "entries", "to a pod", "to world", "refused"
+        "  {:>8}  {:>10}  {:>10}  {:>10}  {:>16}",
+        "entries", "to a pod", "to world", "refused", "pod, no CIDR rule"
     );
     let mut events = RingBuf::try_from(Map::from_map_data(MapData::from_pin(
         pins.map(map_names::EVENTS),
     )?)?)?;
     let mut next_port = 1024u16;
+    let mut writer = PinnedWriter::open(pins)?;
     for entries in [10u32, 1_000, 10_000, 100_000] {
-        PinnedWriter::open(pins)?.apply(&policy(entries))?;
         let mut row = Vec::new();
-        for peer in [POD_PEER, WORLD_PEER, REFUSED_PEER] {
+        for (with_cidr_rule, peer) in [
+            (true, POD_PEER),
+            (true, WORLD_PEER),
+            (true, REFUSED_PEER),
+            (false, POD_PEER),
+        ] {
+            writer.apply(&policy(entries, with_cidr_rule))?;
             let mut durations = Vec::with_capacity(NEW_CONNECTIONS);
             for _ in 0..NEW_CONNECTIONS {
                 next_port = next_port.checked_add(1).unwrap_or(1024);
@@ -110,11 +170,65 @@ fn run(pins: &Pins) -> Result<()> {
             row.push(durations[durations.len() / 2]);
         }
         println!(
-            "  {entries:>8}  {:>10.0}  {:>10.0}  {:>10.0}",
-            row[0], row[1], row[2]
+            "  {entries:>8}  {:>10.0}  {:>10.0}  {:>10.0}  {:>16.0}",
+            row[0], row[1], row[2], row[3]
         );
     }
     Ok(())
+}
+
+/// The CONNTRACK table of the benchmark, and how many connections it is filled with.
+const CONNTRACK_MAX: u32 = 1 << 20;
+const FILLED: u32 = 1_000_000;
+const FILLER_POD_PORT: u16 = 41000;
+const FILLER_PEER_PORT: u16 = 443;
+/// TCX_NEXT / TC_ACT_UNSPEC: passed on.
+const TCX_NEXT: u32 = u32::MAX;
+
+/// The peer of the `i`-th filler connection: 10.100.0.0 and up, distinct for each `i`.
+fn filler_peer(i: u32) -> [u8; 4] {
+    let [_, a, b, c] = i.to_be_bytes();
+    [10, 100 + a, b, c]
+}
+
+/// Fill CONNTRACK with FILLED established connections of the endpoint (copies of the one
+/// the benchmark opened, under other peers), as a busy node would have. Returns how many
+/// of them are in the table afterwards (by index).
+fn fill_conntrack(pins: &Pins) -> Result<Vec<u32>> {
+    use enforcer_common::conntrack::{ConntrackKey, ConntrackValue};
+    let mut table: aya::maps::HashMap<MapData, ConntrackKey, ConntrackValue> =
+        aya::maps::HashMap::try_from(Map::from_map_data(MapData::from_pin(
+            pins.map(map_names::CONNTRACK),
+        )?)?)?;
+    let (template_key, template) = table
+        .iter()
+        .next()
+        .context("the opened connection is in CONNTRACK")??;
+    eprint!("filling CONNTRACK with {FILLED} connections ...");
+    for i in 0..FILLED {
+        table.insert(filler_key(&template_key, i), template, 0)?;
+        if i % 100_000 == 0 {
+            eprint!(".");
+        }
+    }
+    eprintln!(" done");
+    // LRU tables may evict before they are full: keep what stayed.
+    let present: Vec<u32> = (0..FILLED)
+        .filter(|&i| table.get(&filler_key(&template_key, i), 0).is_ok())
+        .collect();
+    Ok(present)
+}
+
+fn filler_key(
+    template: &enforcer_common::conntrack::ConntrackKey,
+    i: u32,
+) -> enforcer_common::conntrack::ConntrackKey {
+    enforcer_common::conntrack::ConntrackKey {
+        peer_addr: enforcer_common::addr::from_ipv4(filler_peer(i)),
+        pod_port: FILLER_POD_PORT,
+        peer_port: FILLER_PEER_PORT,
+        ..*template
+    }
 }
 
 /// Distinct new connections measured per cell.
@@ -124,8 +238,10 @@ const WORLD_PEER: [u8; 4] = [203, 0, 113, 9];
 const REFUSED_PEER: [u8; 4] = [198, 51, 100, 9];
 
 /// An isolated endpoint with `entries` POLICY entries: one identity rule per label identity
-/// (TCP 8080), a CIDR rule for 203.0.113.0/24, and the pod peer's identity among them.
-fn policy(entries: u32) -> Desired {
+/// (TCP 8080), the pod peer's identity among them, and a CIDR rule for 203.0.113.0/24 (or,
+/// without `with_cidr_rule`, one more identity rule instead: then a known peer needs no
+/// CIDRS lookup).
+fn policy(entries: u32, with_cidr_rule: bool) -> Desired {
     let mut rules: Vec<Rule> = (0..entries.saturating_sub(1))
         .map(|i| Rule {
             id: i + 1,
@@ -139,9 +255,13 @@ fn policy(entries: u32) -> Desired {
     rules.push(Rule {
         id: entries,
         direction: Direction::Egress,
-        peer: Peer::Cidr {
-            net: world,
-            except: vec![],
+        peer: if with_cidr_rule {
+            Peer::Cidr {
+                net: world,
+                except: vec![],
+            }
+        } else {
+            Peer::Identity(Identity(Identity::FIRST_LABELS + entries))
         },
         protocol: Some(Protocol::Tcp),
         ports: Some(PortRange::single(8080)),
@@ -187,6 +307,11 @@ fn measure(fd: BorrowedFd<'_>, frame: &[u8]) -> Result<f64> {
     }
     rounds.sort_by(f64::total_cmp);
     Ok(rounds[ROUNDS / 2])
+}
+
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 fn run_once(fd: BorrowedFd<'_>, frame: &[u8]) -> Result<u32> {

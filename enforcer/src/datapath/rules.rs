@@ -54,8 +54,8 @@ pub fn register_endpoint(
     if let Some(old) = endpoints.get(&ifindex)? {
         info.identity = old.identity;
         info.policy_revision = old.policy_revision.wrapping_add(1);
-        info.ingress_isolated = old.ingress_isolated;
-        info.egress_isolated = old.egress_isolated;
+        info.ingress_policy = old.ingress_policy;
+        info.egress_policy = old.egress_policy;
         info.policy_generation = old.policy_generation;
     }
     info.ipv4 = config.ipv4.map_or([0; 4], |a| a.octets());
@@ -119,7 +119,7 @@ mod tests {
         let mut first = endpoints.get(&IF).unwrap().unwrap();
         assert_eq!(first.endpoint_id, IF);
         assert_eq!(first.ipv4, [10, 244, 0, 2]);
-        first.egress_isolated = 1;
+        first.egress_policy = 1;
         first.policy_generation = 1;
         endpoints.set(IF, first).unwrap();
         let config = EndpointConfig {
@@ -130,7 +130,7 @@ mod tests {
         let again = register_endpoint(&mut endpoints, IF, &config).unwrap();
         assert_eq!(again.policy_revision, first.policy_revision + 1);
         assert_eq!(again.mode, enforcer_common::Mode::Monitor as u8);
-        assert_eq!((again.egress_isolated, again.policy_generation), (1, 1));
+        assert_eq!((again.egress_policy, again.policy_generation), (1, 1));
     }
 
     #[test]

@@ -34,12 +34,13 @@ use std::{
 };
 
 use enforcer_common::{
-    endpoint::EndpointInfo,
+    endpoint::{EndpointInfo, direction_policy},
     policy::{CidrKey, IpcacheValue, PolicyKey, PolicyValue, ipcache_flags},
 };
 use model::{
+    Direction,
     identity::Identity,
-    rules::{EndpointRules, Isolation, Service},
+    rules::{EndpointRules, Isolation, Peer, Service},
 };
 use tracing::warn;
 
@@ -136,8 +137,8 @@ type Entries = HashMap<(u32, PolicyKey), PolicyValue>;
 /// One endpoint's rules, compiled.
 struct Compiled {
     entries: Entries,
-    ingress_isolated: u8,
-    egress_isolated: u8,
+    ingress_policy: u8,
+    egress_policy: u8,
 }
 
 /// What the writer knows is in `POLICY` for one endpoint, per generation.
@@ -269,19 +270,19 @@ where
             .collect();
         Ok(Compiled {
             entries,
-            ingress_isolated: u8::from(rules.ingress == Isolation::Isolated),
-            egress_isolated: u8::from(rules.egress == Isolation::Isolated),
+            ingress_policy: direction_policy_of(rules, Direction::Ingress),
+            egress_policy: direction_policy_of(rules, Direction::Egress),
         })
     }
 
     fn swap(&mut self, ifindex: u32, wanted: &Compiled) -> Result<Changes> {
         let info = rules::endpoint(&self.tables.endpoints, ifindex)?;
-        let (ingress, egress) = (wanted.ingress_isolated, wanted.egress_isolated);
+        let (ingress, egress) = (wanted.ingress_policy, wanted.egress_policy);
         let live = usize::from(info.policy_generation & 1);
         let spare = live ^ 1;
         let written = self.written.entry(info.endpoint_id).or_default();
         if written.generations[live] == wanted.entries
-            && (info.ingress_isolated, info.egress_isolated) == (ingress, egress)
+            && (info.ingress_policy, info.egress_policy) == (ingress, egress)
         {
             return Ok(Changes::default());
         }
@@ -296,8 +297,8 @@ where
             );
         }
         info.policy_generation = spare as u8;
-        info.ingress_isolated = ingress;
-        info.egress_isolated = egress;
+        info.ingress_policy = ingress;
+        info.egress_policy = egress;
         rules::bump(&mut self.tables.endpoints, ifindex, info)?;
         changes.endpoints = 1;
         changes.writes += 1;
@@ -320,6 +321,26 @@ where
         }
         Ok(())
     }
+}
+
+/// The endpoint's [`direction_policy`] bits for one direction.
+fn direction_policy_of(rules: &EndpointRules, direction: Direction) -> u8 {
+    let isolation = match direction {
+        Direction::Ingress => rules.ingress,
+        Direction::Egress => rules.egress,
+    };
+    let names_cidr = rules
+        .rules
+        .iter()
+        .any(|r| r.direction == direction && matches!(r.peer, Peer::Cidr { .. }));
+    let mut bits = 0;
+    if isolation == Isolation::Isolated {
+        bits |= direction_policy::ISOLATED;
+    }
+    if !names_cidr {
+        bits |= direction_policy::NO_CIDR_RULES;
+    }
+    bits
 }
 
 /// Bring one generation of an endpoint's `POLICY` entries to `wanted`.
@@ -394,8 +415,8 @@ fn with_generation(mut key: PolicyKey, generation: u8) -> PolicyKey {
 #[cfg(test)]
 mod tests {
     use model::{
-        Direction, Mode, Protocol,
-        rules::{Peer, PortRange, Rule},
+        Mode, Protocol,
+        rules::{PortRange, Rule},
     };
 
     use super::*;
@@ -481,13 +502,14 @@ mod tests {
         let r0 = info(&w).policy_revision;
         set(&mut w, &rules(80));
         let first = info(&w);
+        let no_cidr = direction_policy::NO_CIDR_RULES;
         assert_eq!(
             (
                 first.policy_generation,
-                first.ingress_isolated,
-                first.egress_isolated
+                first.ingress_policy,
+                first.egress_policy
             ),
-            (1, 1, 0)
+            (1, direction_policy::ISOLATED | no_cidr, no_cidr)
         );
         assert_eq!(first.policy_revision, r0 + 1);
         set(&mut w, &rules(443));
@@ -529,13 +551,33 @@ mod tests {
     }
 
     #[test]
+    fn a_cidr_rule_asks_the_kernel_for_cidr_lookups_in_its_direction_only() {
+        let mut w = writer();
+        let mut rules = rules(80);
+        rules.rules.push(Rule {
+            id: 2,
+            direction: Direction::Egress,
+            peer: Peer::Cidr {
+                net: "10.0.0.0/8".parse().unwrap(),
+                except: vec![],
+            },
+            protocol: None,
+            ports: None,
+        });
+        set(&mut w, &rules);
+        let info = info(&w);
+        assert_eq!(info.egress_policy & direction_policy::NO_CIDR_RULES, 0);
+        assert_ne!(info.ingress_policy & direction_policy::NO_CIDR_RULES, 0);
+    }
+
+    #[test]
     fn isolation_alone_is_a_change() {
         let mut w = writer();
         set(&mut w, &rules(80));
         let mut open = rules(80);
         open.ingress = Isolation::Open;
         assert_eq!(set(&mut w, &open).endpoints, 1);
-        assert_eq!(info(&w).ingress_isolated, 0);
+        assert_eq!(info(&w).ingress_policy & direction_policy::ISOLATED, 0);
     }
 
     #[test]
