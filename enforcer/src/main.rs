@@ -79,7 +79,7 @@ enum Command {
         /// policy: `palisade policy` and `detach` are refused while it runs.
         #[arg(long, env = "PALISADE_POLICY")]
         policy: Option<PathBuf>,
-        /// Connections the node tracks (CONNTRACK entries, ~200 bytes of kernel memory
+        /// Connections the node tracks (CONNTRACK entries, 176 bytes of kernel memory
         /// each, preallocated). Fixed while the datapath stays pinned.
         #[arg(long, env = "PALISADE_CONNTRACK_MAX", default_value_t = enforcer_common::maps::CONNTRACK_MAX)]
         conntrack_max: u32,
