@@ -146,6 +146,11 @@ pub struct IdentityAllocator {
     by_labels: BTreeMap<LabelSet, Identity>,
     #[serde(skip)]
     by_cidr: BTreeMap<IpNet, Identity>,
+    /// Next free numbers (kept, not recomputed: allocating stays O(log n)).
+    #[serde(skip)]
+    next_label: Option<u32>,
+    #[serde(skip)]
+    next_cidr: Option<u32>,
 }
 
 impl IdentityAllocator {
@@ -199,16 +204,19 @@ impl IdentityAllocator {
         if let Some(id) = self.by_labels.get(labels) {
             return Ok(*id);
         }
-        let next = self
-            .labels
-            .iter()
-            .map(|(_, id)| id.0 + 1)
-            .max()
-            .unwrap_or(Identity::FIRST_LABELS);
+        let labels_table = &self.labels;
+        let next = *self.next_label.get_or_insert_with(|| {
+            labels_table
+                .iter()
+                .map(|(_, id)| id.0 + 1)
+                .max()
+                .unwrap_or(Identity::FIRST_LABELS)
+        });
         if next >= Identity::FIRST_SERVICE {
             return Err(IdentityError::Exhausted { kind: "label" });
         }
         let id = Identity(next);
+        self.next_label = Some(next + 1);
         self.labels.push((labels.clone(), id));
         self.by_labels.insert(labels.clone(), id);
         Ok(id)
@@ -220,16 +228,19 @@ impl IdentityAllocator {
         if let Some(id) = self.by_cidr.get(&net) {
             return Ok(*id);
         }
-        let next = self
-            .cidrs
-            .iter()
-            .map(|(_, id)| id.0 + 1)
-            .max()
-            .unwrap_or(Identity::FIRST_CIDR);
+        let cidrs_table = &self.cidrs;
+        let next = *self.next_cidr.get_or_insert_with(|| {
+            cidrs_table
+                .iter()
+                .map(|(_, id)| id.0 + 1)
+                .max()
+                .unwrap_or(Identity::FIRST_CIDR)
+        });
         if next == u32::MAX {
             return Err(IdentityError::Exhausted { kind: "CIDR" });
         }
         let id = Identity(next);
+        self.next_cidr = Some(next + 1);
         self.cidrs.push((net, id));
         self.by_cidr.insert(net, id);
         Ok(id)
@@ -238,6 +249,11 @@ impl IdentityAllocator {
     /// The labels behind an identity, if it is a label identity of this table.
     pub fn labels_of(&self, id: Identity) -> Option<&LabelSet> {
         self.labels.iter().find(|(_, i)| *i == id).map(|(l, _)| l)
+    }
+
+    /// The identity of `labels`, if it has one already.
+    pub fn existing(&self, labels: &LabelSet) -> Option<Identity> {
+        self.by_labels.get(labels).copied()
     }
 }
 

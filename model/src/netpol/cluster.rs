@@ -1,0 +1,90 @@
+//! What policies apply to: namespaces and pods with their labels, addresses and named
+//! container ports, and the nodes they run on. In Kubernetes this comes from the API
+//! server; standalone (the lab), from a file its owner writes.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::selector::Labels;
+use crate::Protocol;
+
+/// The label every namespace carries with its own name (Kubernetes sets it since 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Namespace name -> its labels.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Labels>,
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Node name -> its addresses.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// Container ports; named ones are what named policy ports resolve to.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+    /// The node the pod runs on.
+    #[serde(default)]
+    pub node: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+impl Cluster {
+    /// The labels of namespace `name`, with `kubernetes.io/metadata.name` as Kubernetes
+    /// sets it.
+    pub fn namespace_labels(&self, name: &str) -> Labels {
+        let mut labels = self.namespaces.get(name).cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
+        labels
+    }
+
+    /// The pod that has `addr`.
+    pub fn pod_at(&self, addr: IpAddr) -> Option<&Pod> {
+        let addr = addr.to_canonical();
+        self.pods
+            .iter()
+            .find(|p| p.ips.iter().any(|ip| ip.to_canonical() == addr))
+    }
+
+    /// Is `addr` an address of the node `pod` runs on?
+    pub fn is_own_node(&self, pod: &Pod, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.nodes
+            .get(&pod.node)
+            .is_some_and(|ips| ips.iter().any(|ip| ip.to_canonical() == addr))
+    }
+}
+
+impl Pod {
+    /// What a named port means on this pod: the container port with that name.
+    pub fn named_port(&self, name: &str) -> Option<(Protocol, u16)> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| (p.protocol, p.port))
+    }
+}

@@ -1,0 +1,406 @@
+//! Policies + cluster -> what the kernel enforces: each local pod's [`EndpointRules`], the
+//! identity of every pod and node address, and the identities of the CIDRs rules name.
+//!
+//! - A pod's identity is its label set (namespace, namespace labels, pod labels minus
+//!   noise labels), so pods and namespaces changing labels move identities, not rules.
+//!   Exactness comes first: a noise label some selector reads stays in the set, and pods
+//!   that share a label set but name their container ports differently are told apart by
+//!   their named ports, so one identity never stands for pods a rule must treat apart.
+//! - A peer selector becomes the identities of the pods it selects; an `ipBlock` a CIDR
+//!   peer; no peers the wildcard.
+//! - Named ports are resolved on the destination: the endpoint itself for ingress, each
+//!   peer identity for egress (with no peers: every pod identity naming the port; with an
+//!   `ipBlock`: each pod address inside the block, as a /32 or /128).
+//!
+//! Compiling is a pure function of its input and the [`Compiler`]'s memory (the identity
+//! table and rule ids, kept stable across compilations); the writer then writes only the
+//! map entries that differ.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+
+use super::{
+    cluster::{Cluster, Pod},
+    evaluate::{DefaultAction, RuleRef},
+    policy::{Policy, PolicyPeer, PolicyPort, PortSpec},
+};
+use crate::{
+    Direction, Protocol,
+    identity::{Identity, IdentityAllocator, IdentityError, LabelSet, NOISE_LABELS},
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+};
+
+/// The label that tells apart pods whose label sets are equal but whose named container
+/// ports differ.
+pub const NAMED_PORTS_LABEL: &str = "io.palisade.named-ports";
+
+/// A pod by namespace and name.
+pub type PodKey = (String, String);
+
+/// What to compile.
+pub struct Input<'a> {
+    pub cluster: &'a Cluster,
+    pub policies: &'a [Policy],
+    /// Pods on this node get rules (the others are only peers).
+    pub node: &'a str,
+    /// Each pod's default when no policy selects it in a direction.
+    pub default: &'a dyn Fn(&Pod) -> DefaultAction,
+}
+
+/// What the kernel of one node should enforce.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Rules of each pod on the node.
+    pub endpoints: BTreeMap<PodKey, EndpointRules>,
+    /// Every pod address of the cluster, this node's addresses (host) and the other
+    /// nodes' (remote node), with their identities.
+    pub ipcache: BTreeMap<IpAddr, Identity>,
+    /// Every CIDR a rule names, with its identity.
+    pub cidrs: BTreeMap<IpNet, Identity>,
+    /// Each pod's identity.
+    pub pod_identities: BTreeMap<PodKey, Identity>,
+    /// Where each rule id comes from.
+    pub rules: BTreeMap<u32, RuleRef>,
+}
+
+/// Compiles, remembering identities and rule ids between compilations.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    pub identities: IdentityAllocator,
+    rule_ids: BTreeMap<RuleRef, u32>,
+    next_rule_id: u32,
+}
+
+impl Compiler {
+    pub fn new(identities: IdentityAllocator) -> Self {
+        Self {
+            identities,
+            rule_ids: BTreeMap::new(),
+            next_rule_id: 1,
+        }
+    }
+
+    pub fn compile(&mut self, input: &Input<'_>) -> Result<Compiled, IdentityError> {
+        let cluster = input.cluster;
+        let mut out = Compiled::default();
+        let labels = identity_labels(cluster, input.policies);
+        // The pods of each identity (for selectors and named ports, any one will do: they
+        // agree on everything a rule can see).
+        let mut members: BTreeMap<Identity, Vec<&Pod>> = BTreeMap::new();
+        for (pod, set) in cluster.pods.iter().zip(&labels) {
+            let id = self.identities.for_labels(set)?;
+            out.pod_identities
+                .insert((pod.namespace.clone(), pod.name.clone()), id);
+            for ip in &pod.ips {
+                out.ipcache.insert(ip.to_canonical(), id);
+            }
+            members.entry(id).or_default().push(pod);
+        }
+        for (node, ips) in &cluster.nodes {
+            let id = if node == input.node {
+                Identity::HOST
+            } else {
+                Identity::REMOTE_NODE
+            };
+            for ip in ips {
+                out.ipcache.insert(ip.to_canonical(), id);
+            }
+        }
+        for net in input.policies.iter().flat_map(Policy::cidrs) {
+            out.cidrs.insert(net, self.identities.for_cidr(net)?);
+        }
+        let peers = PeerIndex { cluster, members };
+        for pod in cluster.pods.iter().filter(|p| p.node == input.node) {
+            let mut rules = Vec::new();
+            let ingress = self.direction(input, &peers, pod, Direction::Ingress, &mut rules);
+            let egress = self.direction(input, &peers, pod, Direction::Egress, &mut rules);
+            for rule in &rules {
+                if let Peer::Cidr { net, .. } = &rule.peer
+                    && !out.cidrs.contains_key(net)
+                {
+                    // A pod address a named port resolved to (see the module docs).
+                    out.cidrs.insert(*net, self.identities.for_cidr(*net)?);
+                }
+            }
+            out.endpoints.insert(
+                (pod.namespace.clone(), pod.name.clone()),
+                EndpointRules {
+                    ingress,
+                    egress,
+                    rules,
+                },
+            );
+        }
+        out.rules = self
+            .rule_ids
+            .iter()
+            .map(|(r, id)| (*id, r.clone()))
+            .collect();
+        Ok(out)
+    }
+
+    /// The isolation of `pod` in `direction`, pushing the rules that apply to `out`.
+    fn direction(
+        &mut self,
+        input: &Input<'_>,
+        peers: &PeerIndex<'_>,
+        pod: &Pod,
+        direction: Direction,
+        out: &mut Vec<Rule>,
+    ) -> Isolation {
+        let mut selected = false;
+        for policy in input
+            .policies
+            .iter()
+            .filter(|p| p.name.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
+        {
+            let Some(rules) = policy.rules(direction) else {
+                continue;
+            };
+            selected = true;
+            for (index, rule) in rules.iter().enumerate() {
+                let id = self.rule_id(RuleRef {
+                    namespace: policy.name.namespace.clone(),
+                    policy: policy.name.name.clone(),
+                    direction,
+                    index,
+                });
+                let targets = match &rule.peers {
+                    None => vec![Target::Any],
+                    Some(list) => list
+                        .iter()
+                        .flat_map(|peer| peers.targets(policy, peer))
+                        .collect(),
+                };
+                for target in targets {
+                    emit(
+                        out,
+                        id,
+                        direction,
+                        pod,
+                        peers,
+                        &target,
+                        rule.ports.as_deref(),
+                    );
+                }
+            }
+        }
+        match (selected, (input.default)(pod)) {
+            (true, _) | (false, DefaultAction::Deny) => Isolation::Isolated,
+            (false, DefaultAction::Allow) => Isolation::Open,
+        }
+    }
+
+    fn rule_id(&mut self, rule: RuleRef) -> u32 {
+        if let Some(id) = self.rule_ids.get(&rule) {
+            return *id;
+        }
+        let id = self.next_rule_id.max(1);
+        self.next_rule_id = id + 1;
+        self.rule_ids.insert(rule, id);
+        id
+    }
+}
+
+/// Who a rule's peer stands for.
+#[derive(Clone, Debug)]
+enum Target {
+    Any,
+    Identity(Identity),
+    Block { net: IpNet, except: Vec<IpNet> },
+}
+
+/// The cluster's pods grouped by identity, for peer selectors.
+struct PeerIndex<'a> {
+    cluster: &'a Cluster,
+    members: BTreeMap<Identity, Vec<&'a Pod>>,
+}
+
+impl PeerIndex<'_> {
+    fn targets(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<Target> {
+        match peer {
+            PolicyPeer::Block { net, except } => vec![Target::Block {
+                net: *net,
+                except: except.clone(),
+            }],
+            PolicyPeer::Pods { pods, namespaces } => self
+                .members
+                .iter()
+                .filter(|(_, members)| {
+                    let pod = members[0];
+                    let namespace_ok = match namespaces {
+                        None => pod.namespace == policy.name.namespace,
+                        Some(s) => s.matches(&self.cluster.namespace_labels(&pod.namespace)),
+                    };
+                    namespace_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+                })
+                .map(|(id, _)| Target::Identity(*id))
+                .collect(),
+        }
+    }
+
+    /// A pod of `identity` (they agree on named ports).
+    fn representative(&self, identity: Identity) -> Option<&Pod> {
+        self.members.get(&identity).and_then(|m| m.first().copied())
+    }
+}
+
+/// Push the rules for one target and the rule's ports.
+fn emit(
+    out: &mut Vec<Rule>,
+    id: u32,
+    direction: Direction,
+    pod: &Pod,
+    peers: &PeerIndex<'_>,
+    target: &Target,
+    ports: Option<&[PolicyPort]>,
+) {
+    let mut push = |peer: Peer, protocol: Option<Protocol>, ports: Option<PortRange>| {
+        out.push(Rule {
+            id,
+            direction,
+            peer,
+            protocol,
+            ports,
+        });
+    };
+    let peer_of = |t: &Target| match t {
+        Target::Any => Peer::Any,
+        Target::Identity(i) => Peer::Identity(*i),
+        Target::Block { net, except } => Peer::Cidr {
+            net: *net,
+            except: except.clone(),
+        },
+    };
+    let Some(ports) = ports else {
+        push(peer_of(target), None, None);
+        return;
+    };
+    for port in ports {
+        match &port.port {
+            PortSpec::All => push(peer_of(target), Some(port.protocol), None),
+            PortSpec::Numbers(range) => push(peer_of(target), Some(port.protocol), Some(*range)),
+            PortSpec::Named(name) if direction == Direction::Ingress => {
+                if let Some(number) = resolve(pod, name, port.protocol) {
+                    push(peer_of(target), Some(port.protocol), Some(number));
+                }
+            }
+            PortSpec::Named(name) => {
+                for (peer, number) in egress_named(peers, target, name, port.protocol) {
+                    push(peer, Some(port.protocol), Some(number));
+                }
+            }
+        }
+    }
+}
+
+/// `name` on `pod`, when it is a port of `protocol` there.
+fn resolve(pod: &Pod, name: &str, protocol: Protocol) -> Option<PortRange> {
+    pod.named_port(name)
+        .filter(|(p, _)| *p == protocol)
+        .map(|(_, n)| PortRange::single(n))
+}
+
+/// An egress named port, resolved on each destination the target stands for.
+fn egress_named(
+    peers: &PeerIndex<'_>,
+    target: &Target,
+    name: &str,
+    protocol: Protocol,
+) -> Vec<(Peer, PortRange)> {
+    match target {
+        Target::Identity(id) => peers
+            .representative(*id)
+            .and_then(|pod| resolve(pod, name, protocol))
+            .map(|n| (Peer::Identity(*id), n))
+            .into_iter()
+            .collect(),
+        Target::Any => peers
+            .members
+            .iter()
+            .filter_map(|(id, members)| {
+                resolve(members[0], name, protocol).map(|n| (Peer::Identity(*id), n))
+            })
+            .collect(),
+        Target::Block { net, except } => peers
+            .cluster
+            .pods
+            .iter()
+            .filter_map(|pod| resolve(pod, name, protocol).map(|n| (pod, n)))
+            .flat_map(|(pod, n)| pod.ips.iter().map(move |ip| (ip.to_canonical(), n)))
+            .filter(|(ip, _)| net.contains(ip) && !except.iter().any(|e| e.contains(ip)))
+            .map(|(ip, n)| {
+                let host = IpNet::from(ip);
+                (
+                    Peer::Cidr {
+                        net: host,
+                        except: Vec::new(),
+                    },
+                    n,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The identity label set of every pod of the cluster, in `cluster.pods` order.
+fn identity_labels(cluster: &Cluster, policies: &[Policy]) -> Vec<LabelSet> {
+    let read: BTreeSet<&str> = policies
+        .iter()
+        .flat_map(Policy::selectors)
+        .flat_map(|s| s.keys())
+        .collect();
+    let mut sets: Vec<LabelSet> = cluster
+        .pods
+        .iter()
+        .map(|pod| {
+            let mut set = LabelSet::for_pod(
+                &pod.namespace,
+                &cluster.namespace_labels(&pod.namespace),
+                &pod.labels,
+            );
+            for (k, v) in &pod.labels {
+                if NOISE_LABELS.contains(&k.as_str()) && read.contains(k.as_str()) {
+                    set.0.insert(k.clone(), v.clone());
+                }
+            }
+            set
+        })
+        .collect();
+    // Pods sharing a label set but not their named ports: split by the named ports.
+    let mut named: BTreeMap<&LabelSet, BTreeSet<String>> = BTreeMap::new();
+    let signatures: Vec<String> = cluster.pods.iter().map(named_ports).collect();
+    for (set, signature) in sets.iter().zip(&signatures) {
+        named.entry(set).or_default().insert(signature.clone());
+    }
+    let split: BTreeSet<LabelSet> = named
+        .into_iter()
+        .filter(|(_, signatures)| signatures.len() > 1)
+        .map(|(set, _)| set.clone())
+        .collect();
+    for (set, signature) in sets.iter_mut().zip(signatures) {
+        if split.contains(set) {
+            set.0.insert(NAMED_PORTS_LABEL.to_owned(), signature);
+        }
+    }
+    sets
+}
+
+/// A pod's named ports as `name/PROTOCOL/port,...`, sorted.
+fn named_ports(pod: &Pod) -> String {
+    let mut named: Vec<String> = pod
+        .ports
+        .iter()
+        .filter_map(|p| {
+            p.name
+                .as_ref()
+                .map(|n| format!("{n}/{:?}/{}", p.protocol, p.port))
+        })
+        .collect();
+    named.sort();
+    named.join(",")
+}
