@@ -76,7 +76,7 @@ enum Command {
         stats_interval: Duration,
         /// Enforce this node policy file (as `palisade policy -f` reads it) and apply every
         /// change to it, writing only what changed. The agent is then the only writer of
-        /// policy: `palisade policy` and `detach` are refused while it runs.
+        /// policy: `palisade policy` is refused while it runs.
         #[arg(long, env = "PALISADE_POLICY")]
         policy: Option<PathBuf>,
         /// Connections the node tracks (CONNTRACK entries, 176 bytes of kernel memory

@@ -1,6 +1,6 @@
-//! Waiting for a file to change, with inotify on its folder: editors and `kubectl`-style
-//! tools replace files by renaming a new one over them, which a watch on the file itself
-//! would miss.
+//! Waiting for a file, or the policy files of a folder, to change, with inotify on the
+//! folder: editors and `kubectl`-style tools replace files by renaming a new one over them,
+//! which a watch on the file itself would miss.
 
 use std::{
     ffi::OsString,
@@ -13,10 +13,11 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::error::{Error, Result};
 
-/// A watched file.
+/// A watched file or folder.
 pub struct FileWatch {
     path: PathBuf,
-    name: OsString,
+    /// The file watched in its folder; `None`: the folder's policy files.
+    name: Option<OsString>,
     inotify: AsyncFd<InotifyFd>,
 }
 
@@ -43,6 +44,19 @@ impl FileWatch {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
+        };
+        Self::watching(path, dir, Some(name))
+    }
+
+    /// Watch the policy files (`*.yaml`, `*.yml`, `*.json`, not hidden) of folder `dir`.
+    pub fn dir(dir: &Path) -> Result<Self> {
+        Self::watching(dir, dir, None)
+    }
+
+    fn watching(path: &Path, dir: &Path, name: Option<OsString>) -> Result<Self> {
+        let io = |source: std::io::Error| Error::Io {
+            path: path.to_owned(),
+            source,
         };
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| io(e.into()))?;
@@ -75,7 +89,7 @@ impl FileWatch {
                 Ok(events) => {
                     if events
                         .iter()
-                        .any(|e| e.name.as_deref() == Some(self.name.as_os_str()))
+                        .any(|e| e.name.as_deref().is_some_and(|n| self.concerns(n)))
                     {
                         return Ok(());
                     }
@@ -86,12 +100,30 @@ impl FileWatch {
         }
     }
 
+    /// Is a change to the folder entry `name` a change of what is watched?
+    fn concerns(&self, name: &std::ffi::OsStr) -> bool {
+        match &self.name {
+            Some(watched) => name == watched,
+            None => is_policy_file(Path::new(name)),
+        }
+    }
+
     fn error(&self, source: std::io::Error) -> Error {
         Error::Io {
             path: self.path.clone(),
             source,
         }
     }
+}
+
+/// A policy file of a watched folder: `*.yaml`, `*.yml` or `*.json`, not hidden (editors'
+/// and tools' temporary files start with a dot).
+pub fn is_policy_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_none_or(|n| n.to_string_lossy().starts_with('.'));
+    let extension = path.extension().and_then(|e| e.to_str());
+    !hidden && matches!(extension, Some("yaml" | "yml" | "json"))
 }
 
 #[cfg(test)]
@@ -120,6 +152,19 @@ mod tests {
         // The staged file's own write is not the watched file's.
         assert!(!changed_within(&mut watch, 100).await);
         std::fs::rename(&staged, &path).unwrap();
+        assert!(changed_within(&mut watch, 2000).await);
+    }
+
+    #[tokio::test]
+    async fn a_folder_watch_sees_its_policy_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = FileWatch::dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join(".web.yaml.swp"), "x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert!(!changed_within(&mut watch, 100).await);
+        std::fs::write(dir.path().join("web.yaml"), "x").unwrap();
+        assert!(changed_within(&mut watch, 2000).await);
+        std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
         assert!(changed_within(&mut watch, 2000).await);
     }
 }

@@ -17,7 +17,7 @@ use tracing::info;
 use super::{
     Pins,
     rules::{self, EndpointConfig},
-    tables::Endpoints,
+    tables::{Endpoints, Table},
     writer::PinnedWriter,
 };
 use crate::error::{Error, Result};
@@ -89,7 +89,8 @@ pub fn attach(pins: &Pins, spec: &EndpointSpec) -> Result<u32> {
     Ok(ifindex)
 }
 
-/// Detach both programs from the interface and forget the endpoint and its rules.
+/// Detach both programs from the interface and forget the endpoint and its rules (or,
+/// while an agent owns the policy maps, the endpoint: the agent deletes its rules).
 pub fn detach(pins: &Pins, interface: &str) -> Result<()> {
     pins.require_installed()?;
     let ifindex = ifindex_of(interface)?;
@@ -109,7 +110,16 @@ pub fn detach_ifindex(pins: &Pins, ifindex: u32) -> Result<()> {
             Err(source) => return Err(Error::Pin { path, source }),
         }
     }
-    PinnedWriter::open(pins)?.forget(ifindex)
+    match PinnedWriter::open(pins) {
+        Ok(mut writer) => writer.forget(ifindex),
+        // An agent owns the policy maps: remove the endpoint only; the agent deletes its
+        // rules at its next policy update (it notices the endpoint is gone).
+        Err(Error::PolicyLocked { .. }) => {
+            Endpoints::open_endpoints(pins)?.remove(&ifindex)?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The ifindex of `interface` in the calling thread's network namespace.

@@ -215,6 +215,7 @@ where
         for (ifindex, wanted) in &compiled {
             changes.add(self.swap(*ifindex, wanted)?);
         }
+        changes.deletes += self.collect_detached(desired)?;
         let cidrs: HashMap<(u32, CidrKey), u32> =
             compile::cidr_entries(&desired.cidrs).into_iter().collect();
         let pods = desired.ipcache.iter().map(|(addr, id)| {
@@ -306,20 +307,47 @@ where
         Ok(changes)
     }
 
+    /// Delete the rules of endpoints that were detached while this writer owned the maps
+    /// (`palisade detach` removes only the endpoint then; see [`super::attach::detach`]).
+    fn collect_detached(&mut self, desired: &Desired) -> Result<usize> {
+        let candidates: Vec<u32> = self
+            .written
+            .keys()
+            .filter(|id| !desired.endpoints.contains_key(id))
+            .copied()
+            .collect();
+        let mut deletes = 0;
+        for id in candidates {
+            // The endpoint id is its ifindex.
+            if self.tables.endpoints.get(&id)?.is_none() {
+                deletes += self.delete_rules(id)?;
+            }
+        }
+        Ok(deletes)
+    }
+
     /// Remove the endpoint on `ifindex` and its rules; its conntrack entries age out.
     pub fn forget(&mut self, ifindex: u32) -> Result<()> {
         let Some(info) = self.tables.endpoints.get(&ifindex)? else {
             return Ok(());
         };
         self.tables.endpoints.remove(&ifindex)?;
-        let written = self.written.remove(&info.endpoint_id).unwrap_or_default();
+        self.delete_rules(info.endpoint_id)?;
+        Ok(())
+    }
+
+    /// Delete both generations of an endpoint's rules; how many entries went.
+    fn delete_rules(&mut self, endpoint_id: u32) -> Result<usize> {
+        let written = self.written.remove(&endpoint_id).unwrap_or_default();
+        let mut deletes = 0;
         for (generation, entries) in written.generations.iter().enumerate() {
             for (prefix, key) in entries.keys() {
                 let key = with_generation(*key, generation as u8);
                 self.tables.policy.remove(&(*prefix, key))?;
+                deletes += 1;
             }
         }
-        Ok(())
+        Ok(deletes)
     }
 }
 
@@ -659,6 +687,18 @@ mod tests {
         ));
         assert_eq!(ports(&w, info(&w).policy_generation), vec![80]);
         assert_eq!(w.tables().policy.entries().unwrap().len(), before);
+    }
+
+    #[test]
+    fn rules_of_an_endpoint_detached_behind_the_writer_go_at_the_next_apply() {
+        let mut w = writer();
+        set(&mut w, &rules(80));
+        // `palisade detach` while the writer owns the maps removes the endpoint only.
+        w.tables.endpoints.remove(&IF).unwrap();
+        assert_eq!(w.tables().policy.entries().unwrap().len(), 2);
+        let changes = w.apply(&Desired::default()).unwrap();
+        assert_eq!(changes.deletes, 2);
+        assert!(w.tables().policy.entries().unwrap().is_empty());
     }
 
     #[test]
