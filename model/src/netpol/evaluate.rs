@@ -251,3 +251,173 @@ fn ports_match(ports: Option<&[PolicyPort]>, destination: Option<&Pod>, q: &Quer
             }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Expectations written from the Kubernetes documentation, by hand.
+
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde::Deserialize as _;
+
+    use super::*;
+    use crate::netpol::cluster::ContainerPort;
+
+    /// Namespaces x (team=a) and y (team=b); pods x/a (app=web, port http=80),
+    /// x/b (app=db), y/a (app=web); node n at 10.0.0.1.
+    fn cluster() -> Cluster {
+        let pod = |ns: &str, name: &str, app: &str, ip: [u8; 4]| Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+            ips: vec![IpAddr::from(ip)],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            node: "n".into(),
+        };
+        Cluster {
+            namespaces: BTreeMap::from([
+                ("x".into(), BTreeMap::from([("team".into(), "a".into())])),
+                ("y".into(), BTreeMap::from([("team".into(), "b".into())])),
+            ]),
+            pods: vec![
+                pod("x", "a", "web", [10, 244, 0, 1]),
+                pod("x", "b", "db", [10, 244, 0, 2]),
+                pod("y", "a", "web", [10, 244, 0, 3]),
+            ],
+            nodes: BTreeMap::from([("n".into(), vec![IpAddr::from([10, 0, 0, 1])])]),
+        }
+    }
+
+    const XA: [u8; 4] = [10, 244, 0, 1];
+    const XB: [u8; 4] = [10, 244, 0, 2];
+    const YA: [u8; 4] = [10, 244, 0, 3];
+    const NODE: [u8; 4] = [10, 0, 0, 1];
+    const WORLD: [u8; 4] = [203, 0, 113, 9];
+
+    fn policies(yaml: &str) -> Vec<Policy> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|doc| {
+                let p = NetworkPolicy::deserialize(doc).unwrap();
+                Policy::from_k8s(&p).unwrap()
+            })
+            .collect()
+    }
+
+    fn allowed(
+        policies: &[Policy],
+        default: DefaultAction,
+        src: [u8; 4],
+        dst: [u8; 4],
+        port: u16,
+    ) -> bool {
+        let cluster = cluster();
+        let default = move |_: &Pod| default;
+        let q = Query {
+            src: src.into(),
+            dst: dst.into(),
+            protocol: Protocol::Tcp,
+            port,
+        };
+        Evaluator::new(&cluster, policies, &default)
+            .evaluate(&q)
+            .allowed()
+    }
+
+    #[test]
+    fn without_policies_kubernetes_allows_and_zero_trust_denies() {
+        assert!(allowed(&[], DefaultAction::Allow, XA, XB, 80));
+        assert!(!allowed(&[], DefaultAction::Deny, XA, XB, 80));
+        // A pod and its own node always reach each other.
+        assert!(allowed(&[], DefaultAction::Deny, NODE, XB, 80));
+        assert!(allowed(&[], DefaultAction::Deny, XB, NODE, 80));
+    }
+
+    #[test]
+    fn default_deny_ingress_isolates_only_ingress_of_its_namespace() {
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n",
+        );
+        assert!(!allowed(&p, DefaultAction::Allow, YA, XA, 80));
+        assert!(!allowed(&p, DefaultAction::Allow, XB, XA, 80));
+        // Egress is not isolated by it, and y is not selected.
+        assert!(allowed(&p, DefaultAction::Allow, XA, YA, 80));
+        assert!(allowed(&p, DefaultAction::Allow, XA, WORLD, 443));
+        assert!(allowed(&p, DefaultAction::Allow, NODE, XA, 80));
+    }
+
+    #[test]
+    fn pod_and_namespace_selectors_in_one_peer_and_in_two_peers() {
+        // One peer with both selectors: web pods in namespaces of team b (AND).
+        let and = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: b}}\n      podSelector: {matchLabels: {app: web}}\n",
+        );
+        assert!(allowed(&and, DefaultAction::Allow, YA, XB, 5432));
+        assert!(!allowed(&and, DefaultAction::Allow, XA, XB, 5432));
+        // Two peers: team b's pods, or web pods of x (OR).
+        let or = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: b}}\n    - podSelector: {matchLabels: {app: web}}\n",
+        );
+        assert!(allowed(&or, DefaultAction::Allow, YA, XB, 5432));
+        assert!(allowed(&or, DefaultAction::Allow, XA, XB, 5432));
+        assert!(!allowed(&or, DefaultAction::Allow, WORLD, XB, 5432));
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination_and_end_port_is_a_range() {
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - ports: [{port: http}]\n  egress:\n  - ports: [{port: 32000, endPort: 32768}]\n",
+        );
+        assert!(allowed(&p, DefaultAction::Allow, XB, XA, 80));
+        assert!(!allowed(&p, DefaultAction::Allow, XB, XA, 81));
+        assert!(allowed(&p, DefaultAction::Allow, XA, WORLD, 32768));
+        assert!(!allowed(&p, DefaultAction::Allow, XA, WORLD, 32769));
+        assert!(!allowed(&p, DefaultAction::Allow, XA, WORLD, 31999));
+    }
+
+    #[test]
+    fn ip_blocks_with_except_and_the_rule_that_allowed() {
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {}}]\n  - to: [{ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.8/29]}}]\n",
+        );
+        assert!(!allowed(&p, DefaultAction::Allow, XA, WORLD, 443));
+        assert!(allowed(
+            &p,
+            DefaultAction::Allow,
+            XA,
+            [203, 0, 113, 20],
+            443
+        ));
+        let cluster = cluster();
+        let default = |_: &Pod| DefaultAction::Allow;
+        let decision = Evaluator::new(&cluster, &p, &default).evaluate(&Query {
+            src: XA.into(),
+            dst: [203, 0, 113, 20].into(),
+            protocol: Protocol::Udp,
+            port: 53,
+        });
+        let rule = RuleRef {
+            namespace: "x".into(),
+            policy: "out".into(),
+            direction: Direction::Egress,
+            index: 1,
+        };
+        assert_eq!(decision.egress, Side::Allowed(vec![rule.clone()]));
+        assert_eq!(rule.to_string(), "x/out egress[1]");
+        assert_eq!(decision.ingress, Side::NotAPod);
+    }
+
+    #[test]
+    fn policies_stack_as_a_union() {
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: one, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: two, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress: [{ports: [{port: 5432}]}]\n",
+        );
+        assert!(allowed(&p, DefaultAction::Allow, XA, XB, 80));
+        assert!(allowed(&p, DefaultAction::Allow, XA, XB, 5432));
+        assert!(!allowed(&p, DefaultAction::Allow, XB, XA, 5432));
+    }
+}
