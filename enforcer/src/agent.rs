@@ -23,7 +23,7 @@ use crate::{
     },
     error::{Error, Result},
     names::Names,
-    policy_source::PolicySource,
+    policy_source::{PolicySource, SourceConfig},
 };
 
 pub struct AgentConfig {
@@ -36,9 +36,9 @@ pub struct AgentConfig {
     pub ready_file: Option<PathBuf>,
     /// How often to export counters of live connections (None = never).
     pub stats_interval: Option<Duration>,
-    /// A node policy file to enforce and watch (the agent then is the policy's only
-    /// writer; see [`PolicySource`]).
-    pub policy_file: Option<PathBuf>,
+    /// The policy to enforce and follow (the agent then is the policy maps' only writer;
+    /// see [`PolicySource`]).
+    pub policy: Option<SourceConfig>,
     /// Map sizes for a fresh install (a pinned datapath keeps its own).
     pub sizing: datapath::Sizing,
 }
@@ -55,18 +55,18 @@ pub async fn run(
     for spec in &config.endpoints {
         datapath::attach(&config.pins, spec)?;
     }
-    let mut policy = match &config.policy_file {
-        Some(path) => {
-            let mut source = PolicySource::open(&config.pins, path)?;
-            source.reload();
-            Some(source)
-        }
+    let mut policy = match &config.policy {
+        Some(source) => Some(PolicySource::open(&config.pins, source.clone())?),
         None => None,
     };
     let mut reader = EventReader::open_events(&config.pins)?;
     let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
     let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
+    if let Some(source) = &mut policy {
+        source.reload();
+        namer.rules = source.rule_names();
+    }
     if let Some(ready) = &config.ready_file {
         std::fs::write(ready, b"ready\n").map_err(|source| Error::Io {
             path: ready.clone(),
@@ -99,6 +99,7 @@ pub async fn run(
                 changed?;
                 if let Some(source) = &mut policy {
                     source.reload();
+                    namer.rules = source.rule_names();
                 }
             }
             batch = reader.next_batch() => write_events(&mut namer, &mut names, batch?, &mut out)?,

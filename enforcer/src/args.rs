@@ -1,7 +1,7 @@
 //! Command-line argument types shared by `palisade`'s commands and the lab's.
 
 use clap::ValueEnum;
-use model::{Mode, Protocol};
+use model::{Mode, Protocol, netpol::evaluate::DefaultAction};
 
 /// An endpoint mode, as typed on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -17,6 +17,24 @@ impl From<ModeArg> for Mode {
             ModeArg::Learn => Self::Learn,
             ModeArg::Monitor => Self::Monitor,
             ModeArg::Enforce => Self::Enforce,
+        }
+    }
+}
+
+/// What pods no policy selects get, as typed on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DefaultArg {
+    /// Kubernetes: everything passes.
+    Allow,
+    /// Zero trust: nothing but the pod's own node passes.
+    Deny,
+}
+
+impl From<DefaultArg> for DefaultAction {
+    fn from(d: DefaultArg) -> Self {
+        match d {
+            DefaultArg::Allow => Self::Allow,
+            DefaultArg::Deny => Self::Deny,
         }
     }
 }

@@ -75,6 +75,9 @@ pub enum Error {
     )]
     ConntrackSize { pinned: u32, requested: u32 },
 
+    #[error("policy: {0}")]
+    Policy(String),
+
     #[error("parsing the embedded eBPF object")]
     Object(#[source] Box<aya_obj::ParseError>),
 

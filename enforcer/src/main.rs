@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use enforcer::{
     agent::{self, AgentConfig},
-    args::ModeArg,
+    args::{DefaultArg, ModeArg},
     datapath::{
         self, EndpointSpec, Pins,
         prefilter::{self, XdpMode},
@@ -24,6 +24,7 @@ use enforcer::{
     names::Names,
     netns, paths,
     policy_file::NodePolicy,
+    policy_source::{NetworkPolicyConfig, SourceConfig},
 };
 use ipnet::IpNet;
 use tracing_subscriber::EnvFilter;
@@ -77,8 +78,25 @@ enum Command {
         /// Enforce this node policy file (as `palisade policy -f` reads it) and apply every
         /// change to it, writing only what changed. The agent is then the only writer of
         /// policy: `palisade policy` is refused while it runs.
-        #[arg(long, env = "PALISADE_POLICY")]
+        #[arg(long, env = "PALISADE_POLICY", conflicts_with = "policy_dir")]
         policy: Option<PathBuf>,
+        /// Enforce the Kubernetes NetworkPolicies in this folder (*.yaml, *.yml, *.json),
+        /// compiled for this node's pods against --cluster, following changes to either.
+        #[arg(long, env = "PALISADE_POLICY_DIR", requires_all = ["cluster", "names"])]
+        policy_dir: Option<PathBuf>,
+        /// The cluster file for --policy-dir: namespaces, pods and nodes (JSON).
+        #[arg(long, env = "PALISADE_CLUSTER")]
+        cluster: Option<PathBuf>,
+        /// This node's name in the cluster file.
+        #[arg(long, env = "PALISADE_NODE", default_value = "node")]
+        node_name: String,
+        /// What pods no policy selects get, unless their namespace's `palisade.io/default`
+        /// label says: allow (Kubernetes) or deny (zero trust).
+        #[arg(long, env = "PALISADE_DEFAULT", value_enum, default_value_t = DefaultArg::Allow)]
+        default: DefaultArg,
+        /// Keep identities across restarts in this file (--policy-dir).
+        #[arg(long, env = "PALISADE_IDENTITIES")]
+        identities: Option<PathBuf>,
         /// Connections the node tracks (CONNTRACK entries, 176 bytes of kernel memory
         /// each, preallocated). Fixed while the datapath stays pinned.
         #[arg(long, env = "PALISADE_CONNTRACK_MAX", default_value_t = enforcer_common::maps::CONNTRACK_MAX)]
@@ -215,8 +233,25 @@ fn main() -> Result<()> {
             ready_file,
             stats_interval,
             policy,
+            policy_dir,
+            cluster,
+            node_name,
+            default,
+            identities,
             conntrack_max,
         } => {
+            let policy = match (policy, policy_dir) {
+                (Some(file), _) => Some(SourceConfig::NodeFile(file)),
+                (None, Some(dir)) => Some(SourceConfig::NetworkPolicies(NetworkPolicyConfig {
+                    dir,
+                    cluster: cluster.context("--policy-dir needs --cluster")?,
+                    names: names.clone().context("--policy-dir needs --names")?,
+                    node: node_name,
+                    default: default.into(),
+                    identities,
+                })),
+                (None, None) => None,
+            };
             let pins = enter(&node)?;
             let config = AgentConfig {
                 pins,
@@ -232,7 +267,7 @@ fn main() -> Result<()> {
                 names_file: names,
                 ready_file,
                 stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
-                policy_file: policy,
+                policy,
                 sizing: datapath::Sizing { conntrack_max },
             };
             run_agent(config, output)

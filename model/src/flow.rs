@@ -175,6 +175,10 @@ pub struct FlowRecord {
     /// The rule behind an allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
+    /// Where that rule comes from, e.g. `shop/api-allow ingress[0]` (a NetworkPolicy, the
+    /// direction and the index of the rule in it), when the node's policy has names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Why the verdict (absent in conntrack exports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -228,6 +232,7 @@ mod tests {
             verdict: Verdict::Allow,
             mode: Mode::Enforce,
             rule: None,
+            policy: None,
             reason: None,
             counters: None,
         }

@@ -2,7 +2,7 @@
 //! kernel's numbers become the names people and the learner read.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -68,6 +68,8 @@ pub struct Namer {
     pub clock: Clock,
     pub names: Names,
     pub dns: DnsCache,
+    /// Rule id -> where the rule comes from (a NetworkPolicy and its rule).
+    pub rules: BTreeMap<u32, String>,
     interfaces: HashMap<u32, String>,
 }
 
@@ -77,6 +79,7 @@ impl Namer {
             clock: Clock::new(),
             names,
             dns: DnsCache::default(),
+            rules: BTreeMap::new(),
             interfaces: HashMap::new(),
         }
     }
@@ -136,6 +139,7 @@ impl Namer {
             verdict: verdict(ev.verdict)?,
             mode: mode(ev.mode)?,
             rule: (ev.rule_id != 0).then_some(ev.rule_id),
+            policy: self.rules.get(&ev.rule_id).cloned(),
             reason: Some(reason(ev.reason)?),
             counters: None,
         })
@@ -163,6 +167,7 @@ impl Namer {
             verdict: verdict(value.verdict)?,
             mode: mode(value.mode)?,
             rule: (value.rule_id != 0).then_some(value.rule_id),
+            policy: self.rules.get(&value.rule_id).cloned(),
             reason: None,
             counters: Some(Counters {
                 packets_from_pod: value.packets_from_pod,

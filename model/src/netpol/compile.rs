@@ -17,7 +17,7 @@
 //! map entries that differ.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -113,7 +113,7 @@ impl Compiler {
         for net in input.policies.iter().flat_map(Policy::cidrs) {
             out.cidrs.insert(net, self.identities.for_cidr(net)?);
         }
-        let peers = PeerIndex { cluster, members };
+        let peers = PeerIndex::new(cluster, members, input.policies);
         for pod in cluster.pods.iter().filter(|p| p.node == input.node) {
             let mut rules = Vec::new();
             let ingress = self.direction(input, &peers, pod, Direction::Ingress, &mut rules);
@@ -169,21 +169,19 @@ impl Compiler {
                     direction,
                     index,
                 });
-                let targets = match &rule.peers {
-                    None => vec![Target::Any],
-                    Some(list) => list
-                        .iter()
-                        .flat_map(|peer| peers.targets(policy, peer))
-                        .collect(),
+                let any = [Target::Any];
+                let selected: Vec<&[Target]> = match &rule.peers {
+                    None => vec![&any],
+                    Some(list) => list.iter().map(|peer| peers.targets(peer)).collect(),
                 };
-                for target in targets {
+                for target in selected.into_iter().flatten() {
                     emit(
                         out,
                         id,
                         direction,
                         pod,
                         peers,
-                        &target,
+                        target,
                         rule.ports.as_deref(),
                     );
                 }
@@ -214,14 +212,44 @@ enum Target {
     Block { net: IpNet, except: Vec<IpNet> },
 }
 
-/// The cluster's pods grouped by identity, for peer selectors.
+/// The cluster's pods grouped by identity, and what each peer of each policy selects,
+/// worked out once per compilation however many local pods a policy selects.
 struct PeerIndex<'a> {
     cluster: &'a Cluster,
     members: BTreeMap<Identity, Vec<&'a Pod>>,
+    /// By the peer's address (the policies outlive the compilation).
+    selected: HashMap<usize, Vec<Target>>,
 }
 
-impl PeerIndex<'_> {
-    fn targets(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<Target> {
+impl<'a> PeerIndex<'a> {
+    fn new(
+        cluster: &'a Cluster,
+        members: BTreeMap<Identity, Vec<&'a Pod>>,
+        policies: &[Policy],
+    ) -> Self {
+        let mut index = Self {
+            cluster,
+            members,
+            selected: HashMap::new(),
+        };
+        for policy in policies {
+            let rules = [&policy.ingress, &policy.egress]
+                .into_iter()
+                .flatten()
+                .flatten();
+            for peer in rules.flat_map(|r| r.peers.iter().flatten()) {
+                let targets = index.select(policy, peer);
+                index.selected.insert(key(peer), targets);
+            }
+        }
+        index
+    }
+
+    fn targets(&self, peer: &PolicyPeer) -> &[Target] {
+        self.selected.get(&key(peer)).map_or(&[], Vec::as_slice)
+    }
+
+    fn select(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<Target> {
         match peer {
             PolicyPeer::Block { net, except } => vec![Target::Block {
                 net: *net,
@@ -247,6 +275,10 @@ impl PeerIndex<'_> {
     fn representative(&self, identity: Identity) -> Option<&Pod> {
         self.members.get(&identity).and_then(|m| m.first().copied())
     }
+}
+
+fn key(peer: &PolicyPeer) -> usize {
+    std::ptr::from_ref(peer) as usize
 }
 
 /// Push the rules for one target and the rule's ports.
