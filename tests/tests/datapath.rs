@@ -997,3 +997,120 @@ fn the_agent_enforces_its_policy_file_and_keeps_the_last_good_one() {
     );
     assert_eq!(udp_to_b(42_002), 1);
 }
+
+#[test]
+fn network_policies_follow_labels_and_name_their_rules_in_flow_records() {
+    require_root!();
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let cluster_file = files.path().join("cluster.json");
+    let names_file = files.path().join("names.json");
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (dir_arg, cluster_arg, names_arg) = (arg(&dir), arg(&cluster_file), arg(&names_file));
+    let node = Node::up_with(
+        Mode::Enforce,
+        &[
+            "--stats-interval",
+            "0",
+            "--policy-dir",
+            &dir_arg,
+            "--cluster",
+            &cluster_arg,
+            "--names",
+            &names_arg,
+            "--node-name",
+            "lab",
+        ],
+    );
+    let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let mut names = enforcer::names::Names::default();
+    names
+        .interfaces
+        .insert(a.host_interface.clone(), "t/a".into());
+    names
+        .interfaces
+        .insert(b.host_interface.clone(), "t/b".into());
+    names.save(&names_file).unwrap();
+    let write_cluster = |a_labels: serde_json::Value, namespace_labels: serde_json::Value| {
+        let cluster = serde_json::json!({
+            "namespaces": {"t": namespace_labels},
+            "pods": [
+                {"namespace": "t", "name": "a", "labels": a_labels, "node": "lab",
+                 "ips": [a.ipv4, a.ipv6], "ports": [{"name": "http", "port": 8080}]},
+                {"namespace": "t", "name": "b", "labels": {"app": "web"}, "node": "lab",
+                 "ips": [b.ipv4, b.ipv6], "ports": [{"name": "http", "port": 8080}]},
+            ],
+            "nodes": {"lab": ["169.254.1.1", "fd00:10:244::1"]},
+        });
+        replace_policy_file(&cluster_file, &cluster.to_string());
+    };
+    write_cluster(serde_json::json!({"app": "client"}), serde_json::json!({}));
+    replace_policy_file(
+        &dir.join("web.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: trusted}}}]\n    ports: [{port: http}]\n",
+    );
+    let b_web = SocketAddr::new(b.ipv4.into(), 8080);
+    let a_web = SocketAddr::new(a.ipv4.into(), 8080);
+    assert!(
+        eventually(|| !traffic::tcp_connects(&a.netns, b_web)),
+        "b's ingress is isolated:\n{}",
+        node.agent().log_text()
+    );
+    assert!(traffic::tcp_connects(&b.netns, a_web), "a is not selected");
+
+    // a gains the label the policy asks for: its identity moves, the rule stays.
+    write_cluster(
+        serde_json::json!({"app": "client", "role": "trusted"}),
+        serde_json::json!({}),
+    );
+    assert!(
+        eventually(|| traffic::tcp_connects(&a.netns, b_web)),
+        "{}",
+        node.agent().log_text()
+    );
+    let records = node.agent().wait_records(Duration::from_secs(5), |r| {
+        r.iter()
+            .any(|r| r.interface == b.host_interface && r.policy.is_some())
+    });
+    let named = records
+        .iter()
+        .find(|r| r.interface == b.host_interface && r.policy.is_some())
+        .expect("a record naming the policy rule");
+    assert_eq!(named.policy.as_deref(), Some("t/web ingress[0]"));
+
+    // Zero trust for the namespace: a, selected by no policy, is cut off (but its node).
+    write_cluster(
+        serde_json::json!({"app": "client", "role": "trusted"}),
+        serde_json::json!({"palisade.io/default": "deny"}),
+    );
+    assert!(
+        eventually(|| !traffic::tcp_connects(&b.netns, a_web)),
+        "{}",
+        node.agent().log_text()
+    );
+    assert!(traffic::tcp_connects(&node.lab.node_netns(), a_web));
+
+    // A policy file the API server would refuse changes nothing.
+    let refusals = || {
+        node.agent()
+            .log_text()
+            .matches("policy not applied")
+            .count()
+    };
+    let before = refusals();
+    replace_policy_file(
+        &dir.join("bad.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: t}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 70000}]\n",
+    );
+    assert!(eventually(|| refusals() > before));
+    let log = node.agent().log_text();
+    assert!(
+        log.contains("bad.yaml") && log.contains("ports[0]"),
+        "{log}"
+    );
+    // Still the last good policy: zero trust for a (its egress too), its node reaches it.
+    assert!(!traffic::tcp_connects(&a.netns, b_web));
+    assert!(!traffic::tcp_connects(&b.netns, a_web));
+    assert!(traffic::tcp_connects(&node.lab.node_netns(), a_web));
+}
