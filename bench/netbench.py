@@ -116,6 +116,35 @@ def cmd_policy(a):
         f.write("\n}}\n")
 
 
+def cmd_cluster(a):
+    """A cluster file (`palisade agent --cluster`): the lab's client and server pods on this
+    node, plus `--pods` - 2 filler pods on another node, in 100 namespaces, with 50 app
+    labels. The client pod's `role` label is `--client-role` (none when empty): the
+    benchmark's NetworkPolicy lets role=a reach port A and role=b port B."""
+    namespaces = {f"fill-{k}": {"team": f"t{k % 10}"} for k in range(100)}
+    namespaces["bench"] = {}
+    client_labels = {"app": "client"}
+    if a.client_role:
+        client_labels["role"] = a.client_role
+    pods = [
+        {"namespace": "bench", "name": "client", "labels": client_labels, "node": "bench-node",
+         "ips": [a.client_ip, a.client_ip6]},
+        {"namespace": "bench", "name": "server", "labels": {"app": "server"},
+         "node": "bench-node", "ips": [a.server_ip, a.server_ip6],
+         "ports": [{"name": "svc-a", "port": a.port_a}, {"name": "svc-b", "port": a.port_b}]},
+    ]
+    for k in range(max(0, a.pods - 2)):
+        pods.append({
+            "namespace": f"fill-{k % 100}", "name": f"filler-{k}",
+            "labels": {"app": f"app-{k % 50}", "pod-template-hash": f"{k:08x}"},
+            "node": "other-node", "ips": [f"10.{250 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}"],
+        })
+    doc = {"namespaces": namespaces, "pods": pods,
+           "nodes": {"bench-node": ["169.254.1.1", "fd00:10:244::1"], "other-node": ["10.249.0.1"]}}
+    with open(a.out, "w") as f:
+        json.dump(doc, f)
+
+
 def cmd_iptables(a):
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     for _, addr, proto, port in filler(a.filler):
@@ -666,6 +695,17 @@ def main():
     s.add_argument("--client-ip6")
     s.add_argument("--server-ip6")
     s.add_argument("--extra-ipcache", type=int, default=0)
+    s = sub.add_parser("cluster", description=cmd_cluster.__doc__)
+    s.add_argument("--pods", type=int, required=True)
+    s.add_argument("--client-role", default="")
+    s.add_argument("--client-ip", required=True)
+    s.add_argument("--server-ip", required=True)
+    s.add_argument("--client-ip6", required=True)
+    s.add_argument("--server-ip6", required=True)
+    s.add_argument("--port-a", type=int, required=True)
+    s.add_argument("--port-b", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_cluster)
     gen("iptables", cmd_iptables)
     gen("nft", cmd_nft)
 

@@ -14,6 +14,11 @@
 //!    to (an identity never reaches the kernel before the rules that mention it);
 //! 3. stale `CIDRS` and `IPCACHE` entries go last.
 //!
+//! When an address changes identity (a pod's labels changed), step 1 swaps in the old and
+//! the new entries together, and a second swap after the address moved removes the old
+//! ones: a connection is judged by the old identity's rules or by the new one's, never by
+//! a mix (an identity's rules gone while the address still has it).
+//!
 //! The writer reads the maps once, when it is opened; from then on it must be their only
 //! writer. [`PinnedWriter::open`] takes an exclusive lock on the pinned maps folder for its
 //! lifetime, so a second writer (the CLI while an agent manages policy) fails at once with
@@ -211,33 +216,34 @@ where
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut changes = Changes::default();
-        for (ifindex, wanted) in &compiled {
-            changes.add(self.swap(*ifindex, wanted)?);
-        }
-        changes.deletes += self.collect_detached(desired)?;
         let cidrs: HashMap<(u32, CidrKey), u32> =
             compile::cidr_entries(&desired.cidrs).into_iter().collect();
-        let pods = desired.ipcache.iter().map(|(addr, id)| {
-            let value = IpcacheValue {
-                identity: id.0,
-                flags: 0,
+        let ipcache = ipcache_entries(desired);
+        // An address whose identity moves (a pod's labels changed) must be judged by its
+        // old identity's rules until IPCACHE says otherwise, then by its new one's: the
+        // endpoints first gain their new entries while keeping the old (one swap), then
+        // the address moves, then the old entries go (a second swap).
+        let moves = ipcache
+            .iter()
+            .any(|(addr, v)| self.ipcache.get(addr).is_some_and(|old| old != v));
+        let mut changes = Changes::default();
+        for (ifindex, wanted) in &compiled {
+            let step = if moves {
+                self.swap_union(*ifindex, wanted)?
+            } else {
+                self.swap(*ifindex, wanted)?
             };
-            (kernel_addr(*addr), value)
-        });
-        let services = desired.services.iter().flat_map(|s| {
-            let value = IpcacheValue {
-                identity: s.identity.0,
-                flags: ipcache_flags::SERVICE,
-            };
-            s.cluster_ips
-                .iter()
-                .map(move |ip| (kernel_addr(*ip), value))
-        });
-        let ipcache: HashMap<[u8; 16], IpcacheValue> = pods.chain(services).collect();
+            changes.add(step);
+        }
         // New and changed entries first, stale ones last (see the module docs).
         changes.writes += write_new(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
         changes.writes += write_new(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
+        if moves {
+            for (ifindex, wanted) in &compiled {
+                changes.add(self.swap(*ifindex, wanted)?);
+            }
+        }
+        changes.deletes += self.collect_detached(desired)?;
         changes.deletes += delete_stale(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
         changes.deletes += delete_stale(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
         Ok(changes)
@@ -274,6 +280,25 @@ where
             ingress_policy: direction_policy_of(rules, Direction::Ingress),
             egress_policy: direction_policy_of(rules, Direction::Egress),
         })
+    }
+
+    /// [`Self::swap`] to what the endpoint enforces now and `wanted` together: every entry
+    /// of both, isolated only where both are, CIDR lookups where either needs them.
+    fn swap_union(&mut self, ifindex: u32, wanted: &Compiled) -> Result<Changes> {
+        let info = rules::endpoint(&self.tables.endpoints, ifindex)?;
+        let live = usize::from(info.policy_generation & 1);
+        let mut entries = self
+            .written
+            .get(&info.endpoint_id)
+            .map(|w| w.generations[live].clone())
+            .unwrap_or_default();
+        entries.extend(wanted.entries.iter().map(|(k, v)| (*k, *v)));
+        let union = Compiled {
+            entries,
+            ingress_policy: info.ingress_policy & wanted.ingress_policy,
+            egress_policy: info.egress_policy & wanted.egress_policy,
+        };
+        self.swap(ifindex, &union)
     }
 
     fn swap(&mut self, ifindex: u32, wanted: &Compiled) -> Result<Changes> {
@@ -371,6 +396,27 @@ fn direction_policy_of(rules: &EndpointRules, direction: Direction) -> u8 {
     bits
 }
 
+/// The `IPCACHE` entries `desired` asks for: pod and node addresses, Service ClusterIPs.
+fn ipcache_entries(desired: &Desired) -> HashMap<[u8; 16], IpcacheValue> {
+    let pods = desired.ipcache.iter().map(|(addr, id)| {
+        let value = IpcacheValue {
+            identity: id.0,
+            flags: 0,
+        };
+        (kernel_addr(*addr), value)
+    });
+    let services = desired.services.iter().flat_map(|s| {
+        let value = IpcacheValue {
+            identity: s.identity.0,
+            flags: ipcache_flags::SERVICE,
+        };
+        s.cluster_ips
+            .iter()
+            .map(move |ip| (kernel_addr(*ip), value))
+    });
+    pods.chain(services).collect()
+}
+
 /// Bring one generation of an endpoint's `POLICY` entries to `wanted`.
 fn sync(
     policy: &mut impl Table<(u32, PolicyKey), PolicyValue>,
@@ -446,6 +492,7 @@ mod tests {
         Mode, Protocol,
         rules::{PortRange, Rule},
     };
+    use std::net::IpAddr;
 
     use super::*;
     use crate::datapath::{
@@ -699,6 +746,38 @@ mod tests {
         let changes = w.apply(&Desired::default()).unwrap();
         assert_eq!(changes.deletes, 2);
         assert!(w.tables().policy.entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_address_changing_identity_never_finds_neither_identity_allowed() {
+        let mut w = writer();
+        let addr: IpAddr = "10.244.0.7".parse().unwrap();
+        let allow = |id: u32, port: u16| Rule {
+            id,
+            direction: Direction::Ingress,
+            peer: Peer::Identity(Identity(id)),
+            protocol: Some(Protocol::Tcp),
+            ports: Some(PortRange::single(port)),
+        };
+        let mut desired = Desired::default();
+        desired
+            .endpoints
+            .insert(IF, rules_with(vec![allow(300, 80)]));
+        desired.ipcache.insert(addr, Identity(300));
+        w.apply(&desired).unwrap();
+        // The pod moves to identity 301, which the rules now allow on 443.
+        desired
+            .endpoints
+            .insert(IF, rules_with(vec![allow(301, 443)]));
+        desired.ipcache.insert(addr, Identity(301));
+        let r0 = info(&w).policy_revision;
+        w.apply(&desired).unwrap();
+        // Two swaps: the union, then the new rules alone.
+        assert_eq!(info(&w).policy_revision, r0 + 2);
+        let live = info(&w).policy_generation;
+        assert_eq!(ports(&w, live), vec![443]);
+        // The spare generation holds the final rules too (ready for the next change).
+        assert_eq!(ports(&w, live ^ 1), vec![443]);
     }
 
     #[test]
