@@ -4,14 +4,15 @@ use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use model::Mode;
+use model::{Mode, netpol::evaluate::DefaultAction};
 use serde::Serialize;
 
-use crate::args::ModeArg;
+use crate::args::{DefaultArg, ModeArg};
 
 use super::{
-    ExternalHost, Family, Lab, Pod, ProbeRequest, Protocol, ServiceInfo, Topology, UpOptions, demo,
-    servers, services,
+    AgentOutcome, ExternalHost, Family, Lab, LabelEdit, ModeTarget, Pod, PolicyChanges,
+    ProbeRequest, Protocol, ServiceInfo, Topology, UpOptions, default_text, demo, servers,
+    services,
     topology::{DEFAULT_TOPOLOGY, Port},
 };
 
@@ -29,6 +30,10 @@ pub enum LabCommand {
         /// The mode pod interfaces are attached in.
         #[arg(long, value_enum, default_value_t = ModeArg::Learn)]
         mode: ModeArg,
+        /// What pods no NetworkPolicy selects get: allow (Kubernetes) or deny (zero trust).
+        /// A namespace's `palisade.io/default` label overrides it (see `lab default`).
+        #[arg(long, value_enum, default_value_t = DefaultArg::Allow)]
+        default: DefaultArg,
         /// How long the agent gets to install the datapath.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_timeout: Duration,
@@ -40,6 +45,38 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The NetworkPolicies the lab's agent enforces (then see them with `probe`).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Change pod or namespace labels, as `kubectl label` does: `key=value` sets, `key-`
+    /// removes. Policies, services and flow records follow.
+    Label {
+        #[command(subcommand)]
+        command: LabelCommand,
+    },
+    /// What pods no NetworkPolicy selects (in a direction) get: allow (Kubernetes) or deny
+    /// (zero trust), lab-wide (the agent restarts; enforcement never lapses) or for one
+    /// namespace (its `palisade.io/default` label; `inherit` removes it).
+    Default {
+        #[arg(value_enum)]
+        default: DefaultChoice,
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Put pods' endpoints in learn, monitor or enforce mode (default: every pod, and pods
+    /// created later). Live connections are judged again.
+    Mode {
+        #[arg(value_enum)]
+        mode: ModeArg,
+        /// Only this pod (ns/pod).
+        #[arg(long, conflicts_with = "namespace")]
+        pod: Option<String>,
+        /// Only this namespace's pods (and those created in it later).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
     /// Probe every pod against every pod, external host and service exposing the port:
     /// TCP connect and echo, or UDP echo.
     Probe {
@@ -50,7 +87,8 @@ pub enum LabCommand {
         /// Only this IP version (default: both).
         #[arg(long, value_enum)]
         family: Option<FamilyArg>,
-        /// Only from this pod, or the pods of this workload (ns/name).
+        /// Only from this pod, or the pods of this workload (ns/name), or from this external
+        /// host.
         #[arg(long)]
         from: Option<String>,
         /// Only to this pod, workload, external host or service (ns/name).
@@ -95,6 +133,56 @@ pub enum LabCommand {
     Serve,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check NetworkPolicy files as the API server would and enforce their policies, each
+    /// replacing the lab's policy of the same namespace and name. A bad file changes nothing.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete policies (ns/name).
+    Delete {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every policy of the lab.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The lab's policies.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabelCommand {
+    /// Label a pod (ns/pod).
+    Pod {
+        pod: String,
+        #[arg(required = true, value_parser = parse_label_edit)]
+        labels: Vec<LabelEdit>,
+    },
+    /// Label a namespace.
+    Namespace {
+        namespace: String,
+        #[arg(required = true, value_parser = parse_label_edit)]
+        labels: Vec<LabelEdit>,
+    },
+}
+
+fn parse_label_edit(s: &str) -> Result<LabelEdit, String> {
+    s.parse().map_err(|e: super::Error| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DefaultChoice {
+    /// Kubernetes: not isolated, everything passes.
+    Allow,
+    /// Zero trust: nothing passes but the pod's own node.
+    Deny,
+    /// With --namespace: the lab's default.
+    Inherit,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ProtocolArg {
     Tcp,
@@ -134,6 +222,7 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
             file,
             no_agent,
             mode,
+            default,
             agent_timeout,
         } => {
             let topology = match &file {
@@ -143,6 +232,7 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
             let mut options = UpOptions::new(this_binary()?);
             options.agent = !no_agent;
             options.mode = mode.into();
+            options.default = default.into();
             options.agent_timeout = agent_timeout;
             options.progress = |step| eprintln!("  {step}");
             let source = file.map_or("the built-in shop topology".into(), |f| {
@@ -153,6 +243,7 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
             print!("{}", status_text(&lab));
             eprintln!(
                 "lab {name:?} is up. Try: palisade lab --name {name} probe --port 8080, \
+                 palisade lab --name {name} policy apply -f <NetworkPolicy file>, \
                  palisade lab --name {name} down"
             );
         }
@@ -199,6 +290,87 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
                 print!("{}", report.render());
             }
         }
+        LabCommand::Policy { command } => policy(name, command)?,
+        LabCommand::Label { command } => {
+            let mut lab = Lab::load(name)?;
+            let (what, labelled) = match command {
+                LabelCommand::Pod { pod, labels } => {
+                    (format!("pod {pod}"), lab.label_pod(&pod, &labels)?)
+                }
+                LabelCommand::Namespace { namespace, labels } => (
+                    format!("namespace {namespace}"),
+                    lab.label_namespace(&namespace, &labels)?,
+                ),
+            };
+            let labels: Vec<String> = labelled
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("{what} labelled: {}", labels.join(","));
+            print_agent(&labelled.agent);
+        }
+        LabCommand::Default { default, namespace } => {
+            let mut lab = Lab::load(name)?;
+            let action = match default {
+                DefaultChoice::Allow => Some(DefaultAction::Allow),
+                DefaultChoice::Deny => Some(DefaultAction::Deny),
+                DefaultChoice::Inherit => None,
+            };
+            match (namespace, action) {
+                (Some(namespace), action) => {
+                    let labelled = lab.set_namespace_default(&namespace, action)?;
+                    match action {
+                        Some(d) => println!("namespace {namespace}: default {}", default_text(d)),
+                        None => println!(
+                            "namespace {namespace}: the lab's default, {}",
+                            default_text(lab.default_action())
+                        ),
+                    }
+                    print_agent(&labelled.agent);
+                }
+                (None, Some(action)) => {
+                    let outcome = lab.set_default(action)?;
+                    println!("lab {name:?}: default {}", default_text(action));
+                    if let Some(agent) = lab.agent() {
+                        println!(
+                            "agent restarted (pid {}); enforcement never lapsed",
+                            agent.pid
+                        );
+                    }
+                    print_agent(&outcome);
+                }
+                (None, None) => anyhow::bail!("`inherit` needs --namespace"),
+            }
+        }
+        LabCommand::Mode {
+            mode,
+            pod,
+            namespace,
+        } => {
+            let mut lab = Lab::load(name)?;
+            let target = match (pod, namespace) {
+                (Some(pod), _) => ModeTarget::Pod(pod),
+                (None, Some(ns)) => ModeTarget::Namespace(ns),
+                (None, None) => ModeTarget::All,
+            };
+            let mode: Mode = mode.into();
+            let changed = lab.set_mode(mode, &target)?;
+            let mode_text = format!("{mode:?}").to_lowercase();
+            println!(
+                "{} pods now in {mode_text} mode{}",
+                changed.len(),
+                match &target {
+                    ModeTarget::All => " (and pods created later)".to_owned(),
+                    ModeTarget::Namespace(ns) => format!(" (and pods created in {ns} later)"),
+                    ModeTarget::Pod(_) => String::new(),
+                }
+            );
+            for pod in changed {
+                let p = lab.pod(&pod)?;
+                println!("  {pod}  {}", p.host_interface);
+            }
+        }
         LabCommand::Exec { target, command } => {
             let lab = Lab::load(name)?;
             let status = lab.exec_interactive(&target, &command)?;
@@ -226,6 +398,77 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn policy(name: &str, command: PolicyCommand) -> anyhow::Result<()> {
+    let mut lab = Lab::load(name)?;
+    let changes = match command {
+        PolicyCommand::Apply { files } => lab.apply_policy_files(&files)?,
+        PolicyCommand::Delete { names, all } => {
+            if all {
+                lab.delete_all_policies()?
+            } else {
+                lab.delete_policies(&names)?
+            }
+        }
+        PolicyCommand::List => {
+            let policies = lab.policies()?;
+            if policies.is_empty() {
+                println!(
+                    "no NetworkPolicies: every pod gets its default ({} unless its namespace says)",
+                    default_text(lab.default_action())
+                );
+                return Ok(());
+            }
+            print!(
+                "{}",
+                table(
+                    &["NAME", "POD-SELECTOR", "TYPES", "RULES", "FILE"],
+                    policies
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.pod_selector.clone(),
+                                p.types.join(","),
+                                format!("{} in, {} out", p.ingress_rules, p.egress_rules),
+                                p.file
+                                    .file_name()
+                                    .map(|f| f.to_string_lossy().into_owned())
+                                    .unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                )
+            );
+            return Ok(());
+        }
+    };
+    print_policy_changes(&lab, &changes);
+    Ok(())
+}
+
+fn print_policy_changes(lab: &Lab, changes: &PolicyChanges) {
+    if changes.changes.is_empty() {
+        println!("no NetworkPolicies to delete");
+    }
+    for c in &changes.changes {
+        let file = c
+            .file
+            .strip_prefix(lab.state_dir())
+            .unwrap_or(&c.file)
+            .display();
+        println!("networkpolicy {} {} ({file})", c.name, c.action);
+    }
+    match &changes.agent {
+        Some(outcome) => print_agent(outcome),
+        None if !changes.changes.is_empty() => println!("nothing changed"),
+        None => {}
+    }
+}
+
+fn print_agent(outcome: &AgentOutcome) {
+    println!("{outcome}");
+}
+
 fn this_binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the palisade binary (it runs the lab's server)")
 }
@@ -241,6 +484,9 @@ fn print_change(lab: &Lab, change: &super::Change) {
             pod.host_interface, pod.ipv4, pod.ipv6
         );
     }
+    if let Some(outcome) = &change.agent {
+        print_agent(outcome);
+    }
 }
 
 /// `palisade lab status --json`.
@@ -252,6 +498,9 @@ struct StatusView<'a> {
     bpffs_root: PathBuf,
     agent: Option<ProcessView>,
     server: Option<ProcessView>,
+    /// What pods no NetworkPolicy selects get, unless their namespace says.
+    default: DefaultAction,
+    policies_dir: PathBuf,
     pods: &'a [Pod],
     externals: &'a [ExternalHost],
     services: Vec<ServiceView<'a>>,
@@ -290,6 +539,8 @@ impl<'a> StatusView<'a> {
                 running: p.is_running(),
                 mode: None,
             }),
+            default: lab.default_action(),
+            policies_dir: lab.policies_dir(),
             pods: lab.pods(),
             externals: lab.externals(),
             services: lab
@@ -334,9 +585,28 @@ fn status_text(lab: &Lab) -> String {
             None => "none (--no-agent)".into(),
         }
     );
+    if lab.agent_mode().is_some() {
+        let policies = lab.policies().map_or_else(
+            |e| format!("unreadable: {e}"),
+            |p| format!("{} NetworkPolicies", p.len()),
+        );
+        out.push_str(&format!(
+            "  policy: {policies} in {}, default {}\n",
+            lab.policies_dir().display(),
+            default_text(lab.default_action())
+        ));
+    }
     out.push_str("\nPODS\n");
     out.push_str(&table(
-        &["NAME", "INTERFACE", "IPV4", "IPV6", "PORTS", "WORKLOAD"],
+        &[
+            "NAME",
+            "INTERFACE",
+            "IPV4",
+            "IPV6",
+            "PORTS",
+            "WORKLOAD",
+            "MODE",
+        ],
         lab.pods()
             .iter()
             .map(|p| {
@@ -347,6 +617,8 @@ fn status_text(lab: &Lab) -> String {
                     p.ipv6.to_string(),
                     ports(&p.ports),
                     p.workload.clone().unwrap_or_else(|| "-".into()),
+                    p.mode
+                        .map_or_else(|| "-".into(), |m| format!("{m:?}").to_lowercase()),
                 ]
             })
             .collect(),
@@ -497,6 +769,90 @@ mod tests {
         assert_eq!(port, 53);
         assert!(matches!(protocol, ProtocolArg::Udp));
         assert!(matches!(family, Some(FamilyArg::V6)));
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| panic!("{args:?} parsed"))
+    }
+
+    #[test]
+    fn policy_commands() {
+        let LabCommand::Policy {
+            command: PolicyCommand::Apply { files },
+        } = parse(&["policy", "apply", "-f", "a.yaml", "b.json", "-f", "c.yml"])
+        else {
+            panic!()
+        };
+        assert_eq!(files, ["a.yaml", "b.json", "c.yml"].map(PathBuf::from));
+        let LabCommand::Policy {
+            command: PolicyCommand::Delete { names, all },
+        } = parse(&["policy", "delete", "x/a", "y/b"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (names.as_slice(), all),
+            (["x/a", "y/b"].map(String::from).as_slice(), false)
+        );
+        assert!(matches!(
+            parse(&["policy", "delete", "--all"]),
+            LabCommand::Policy {
+                command: PolicyCommand::Delete { all: true, .. }
+            }
+        ));
+        parse_err(&["policy", "delete"]);
+        parse_err(&["policy", "delete", "--all", "x/a"]);
+        parse_err(&["policy", "apply"]);
+    }
+
+    #[test]
+    fn label_commands_take_kubectl_syntax() {
+        let LabCommand::Label {
+            command: LabelCommand::Pod { pod, labels },
+        } = parse(&["label", "pod", "x/a", "app=web", "tier-"])
+        else {
+            panic!()
+        };
+        assert_eq!(pod, "x/a");
+        assert_eq!(
+            labels,
+            [
+                LabelEdit::Set("app".into(), "web".into()),
+                LabelEdit::Remove("tier".into())
+            ]
+        );
+        assert!(parse_err(&["label", "namespace", "x", "app"]).contains("key=value"));
+        parse_err(&["label", "namespace", "x"]);
+    }
+
+    #[test]
+    fn default_and_mode_commands() {
+        assert!(matches!(
+            parse(&["default", "deny", "--namespace", "x"]),
+            LabCommand::Default {
+                default: DefaultChoice::Deny,
+                namespace: Some(_)
+            }
+        ));
+        assert!(matches!(
+            parse(&["mode", "monitor", "--pod", "x/a"]),
+            LabCommand::Mode {
+                mode: ModeArg::Monitor,
+                pod: Some(_),
+                namespace: None
+            }
+        ));
+        parse_err(&["mode", "enforce", "--pod", "x/a", "--namespace", "x"]);
+        assert!(matches!(
+            parse(&["up", "--default", "deny"]),
+            LabCommand::Up {
+                default: DefaultArg::Deny,
+                ..
+            }
+        ));
     }
 
     #[test]

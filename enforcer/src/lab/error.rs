@@ -178,6 +178,27 @@ pub enum Error {
         family: u8,
     },
 
+    /// A NetworkPolicy file the API server would refuse (the source names file, document,
+    /// line and field).
+    #[error("NetworkPolicy not applied; nothing changed")]
+    PolicyFile {
+        #[source]
+        source: model::netpol::load::LoadError,
+    },
+
+    #[error("{file}: document {document}: {message}")]
+    Policy {
+        file: PathBuf,
+        document: usize,
+        message: String,
+    },
+
+    #[error("invalid label change {arg:?}: {reason}")]
+    Label { arg: String, reason: String },
+
+    #[error("lab {name:?} runs without the agent (up --no-agent): no {what}")]
+    NoAgent { name: String, what: &'static str },
+
     #[error("binding {protocol}/{port} in network namespace {netns:?}")]
     Bind {
         netns: String,

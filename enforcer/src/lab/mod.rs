@@ -5,10 +5,22 @@
 //! [`Lab::up`] builds it: one network namespace per pod and per external host, each wired by
 //! a veth to a node namespace that routes a /32 and a /128 per pod (like ptp CNIs), echo
 //! servers on every declared port, ClusterIPs as DNAT in the node (like kube-proxy), and
-//! by default the agent with every pod interface attached. [`Lab::probe`] and
-//! [`Lab::probe_one`] send traffic between them; [`Lab::restart`] and [`Lab::scale`] replace
-//! pods (always with new addresses); [`down`] removes everything, also what a crashed run
-//! left behind.
+//! by default the agent with every pod interface attached, enforcing the lab's Kubernetes
+//! NetworkPolicies. [`Lab::probe`] and [`Lab::probe_one`] send traffic between them;
+//! [`Lab::restart`] and [`Lab::scale`] replace pods (always with new addresses);
+//! [`Lab::apply_policy_files`], [`Lab::label_pod`], [`Lab::label_namespace`],
+//! [`Lab::set_default`] and [`Lab::set_mode`] change what is enforced; [`down`] removes
+//! everything, also what a crashed run left behind.
+//!
+//! # The agent and NetworkPolicies
+//! The lab's agent runs with `--policy-dir <run dir>/policies --cluster <run dir>/cluster.json
+//! --names <run dir>/names.json`: the lab keeps the policy folder (one policy per file), and
+//! rewrites the cluster file (namespaces and pods with their labels, addresses and named
+//! ports, on one node whose addresses are the pods' gateway, 169.254.1.1 and
+//! fd00:10:244::1) and the names file (which interface is which pod) whenever pods or labels
+//! change. The names file lists a pod's interface only once it is attached: the agent refuses
+//! a policy naming an interface that is not an endpoint. Commands that change what the agent
+//! reads wait (bounded) for its answer in its log, so a probe right after sees the result.
 //!
 //! ```no_run
 //! use enforcer::lab::{Lab, Protocol, Topology, UpOptions};
@@ -30,7 +42,8 @@
 //! ```text
 //! /run/netns/palisade-<lab>-node     the node: routes, forwarding, nft table `inet palisade-lab`
 //! /run/netns/palisade-<lab>-<slot>   a pod or external host; veth eth0 <-> pl-<lab>-<slot> (node)
-//! /run/palisade/lab/<lab>/           state.json, names.json, flows.jsonl, logs, ready markers
+//! /run/palisade/lab/<lab>/           state.json, names.json, cluster.json, policies/,
+//!                                    identities.json, flows.jsonl, logs, ready markers
 //! /run/palisade/lab/<lab>.lock       serializes commands on the lab
 //! /sys/fs/bpf/palisade-<lab>/        the agent's pins
 //! ```
@@ -48,16 +61,22 @@
 //! - [`services`]: ClusterIPs as nftables DNAT in the node namespace.
 //! - [`servers`]: the lab's server process: TCP and UDP echo on every declared port.
 //! - [`process`]: starting, recognising and stopping the lab's background processes.
-//! - [`probe`]: echo probes from pods, and probe matrices.
+//! - [`probe`]: echo probes from pods (and external hosts), and probe matrices.
+//! - [`policy`]: the lab's NetworkPolicy files: apply, delete, list.
+//! - [`labels`]: changing pod and namespace labels; the per-namespace default.
+//! - [`agent`]: the agent's answers to changes (from its log), restarting it, endpoint modes.
 //! - [`demo`]: `palisade lab demo`: the default topology with the agent and live flows.
 //! - [`cli`]: the `palisade lab` subcommands.
 //! - [`error`]: the lab's error type.
 
+pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod error;
+pub mod labels;
 pub mod net;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod process;
 pub mod servers;
@@ -75,11 +94,14 @@ use std::{
     time::Duration,
 };
 
-use model::Mode;
+use model::{Mode, netpol::evaluate::DefaultAction};
 use tracing::warn;
 
 pub use self::{
+    agent::{AgentOutcome, ModeTarget},
     error::{Error, Result},
+    labels::{LabelEdit, Labelled},
+    policy::{PolicyChanges, PolicyEntry},
     probe::{Family, ProbeResult},
     state::{ExternalHost, Pod, ServiceInfo},
     topology::{Protocol, Topology},
@@ -98,6 +120,8 @@ use crate::{
 
 /// How long the lab's server gets to bind every socket.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the agent gets to install the datapath (or, restarted, to take it over).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to bring a lab up.
 #[derive(Clone, Debug)]
@@ -109,6 +133,8 @@ pub struct UpOptions {
     pub agent: bool,
     /// The mode pod interfaces are attached in.
     pub mode: Mode,
+    /// What pods no NetworkPolicy selects get: allow (Kubernetes) or deny (zero trust).
+    pub default: DefaultAction,
     /// How long the agent gets to install the datapath.
     pub agent_timeout: Duration,
     /// Told about each step as it happens (the CLI prints them).
@@ -121,7 +147,8 @@ impl UpOptions {
             program: program.into(),
             agent: true,
             mode: Mode::Learn,
-            agent_timeout: Duration::from_secs(30),
+            default: DefaultAction::Allow,
+            agent_timeout: AGENT_TIMEOUT,
             progress: |_| {},
         }
     }
@@ -132,6 +159,8 @@ impl UpOptions {
 pub struct Change {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// The agent's answer to the new set of pods; `None` without the agent.
+    pub agent: Option<AgentOutcome>,
 }
 
 /// What a teardown found and removed.
@@ -156,6 +185,7 @@ pub struct ProbeRequest {
     pub protocol: Protocol,
     pub families: Vec<Family>,
     /// Only from these pods: a pod (`ns/pod`) or a workload (`ns/name`, `ns/Kind/name`).
+    /// An external host's name probes from that host instead.
     pub from: Option<String>,
     /// Only to this target: a pod or workload as above, an external host, or a service
     /// (`ns/name` or `ns/Service/name`).
@@ -354,10 +384,12 @@ impl Lab {
         })
     }
 
-    /// A probe matrix: the selected pods against every selected pod, external host and
-    /// service exposing the port, per family. A pod is not probed against itself.
+    /// A probe matrix: the selected pods (or the external host named by `from`) against
+    /// every selected pod, external host and service exposing the port, per family. Nothing
+    /// is probed against itself.
     pub fn probe(&self, request: &ProbeRequest) -> Result<Report> {
-        let sources: Vec<&Pod> = self
+        // (name, namespace) of each source.
+        let mut sources: Vec<(&str, &str)> = self
             .state
             .pods
             .iter()
@@ -367,24 +399,36 @@ impl Lab {
                     .as_deref()
                     .is_none_or(|sel| self.is_pod_of(p, sel))
             })
+            .map(|p| (p.name.as_str(), p.netns.as_str()))
             .collect();
+        if let Some(sel) = &request.from {
+            sources.extend(
+                self.state
+                    .externals
+                    .iter()
+                    .filter(|e| e.name == *sel)
+                    .map(|e| (e.name.as_str(), e.netns.as_str())),
+            );
+        }
         if let Some(sel) = &request.from
             && sources.is_empty()
         {
-            return Err(self.unknown(
-                "pod or workload",
-                sel,
-                self.state.pods.iter().map(|p| &p.name),
-            ));
+            let known = self
+                .state
+                .pods
+                .iter()
+                .map(|p| &p.name)
+                .chain(self.state.externals.iter().map(|e| &e.name));
+            return Err(self.unknown("pod, workload or external host", sel, known));
         }
         let mut matrices = Vec::new();
         let mut jobs = Vec::new();
         for family in &request.families {
             let targets = self.targets(*family, request);
-            for source in &sources {
-                for target in targets.iter().filter(|t| t.name != source.name) {
+            for (name, netns) in &sources {
+                for target in targets.iter().filter(|t| t.name != *name) {
                     jobs.push(Job {
-                        netns: source.netns.clone(),
+                        netns: (*netns).to_owned(),
                         target: SocketAddr::new(target.address, request.port),
                         protocol: request.protocol,
                     });
@@ -392,7 +436,7 @@ impl Lab {
             }
             matrices.push(Matrix {
                 family: *family,
-                sources: sources.iter().map(|p| p.name.clone()).collect(),
+                sources: sources.iter().map(|(name, _)| (*name).to_owned()).collect(),
                 targets,
                 results: Default::default(),
             });
@@ -509,9 +553,15 @@ impl Lab {
     }
 
     /// Remove pods, add pods, and bring everything that depends on the set of pods up to
-    /// date: endpoints, services, names, the server.
+    /// date: endpoints, the agent's files, services, names, the server.
+    ///
+    /// The agent learns of removed pods before their endpoints go (it stops writing their
+    /// rules; it deletes them once they are detached), and of new pods' addresses and
+    /// labels before they exist, so peers' rules know them; a new pod's interface is named
+    /// to it once attached, and the change returns once the agent answered.
     fn change_pods(&mut self, remove: &[String], add: Vec<NewPod>) -> Result<Change> {
         let (layout, state) = (&self.layout, &mut self.state);
+        let mark = agent::LogMark::new(&layout.agent_log());
         // First, as its sockets would keep the removed pods' namespaces alive.
         if let Some(server) = state.server.take() {
             server.stop("server")?;
@@ -522,26 +572,39 @@ impl Lab {
             .into_iter()
             .partition(|p| remove.contains(&p.name));
         state.pods = kept;
+        state.save(layout)?;
+        if !removed.is_empty() {
+            state.write_agent_files(layout)?;
+        }
         if state.agent_mode.is_some() {
             detach(layout, &removed)?;
         }
         net::delete_netns(&removed.iter().map(|p| p.netns.clone()).collect::<Vec<_>>())?;
 
-        let added = add
+        let mut added = add
             .into_iter()
             .map(|new| Ok(Pod::new(&state.name, state.slots.take()?, new)))
             .collect::<Result<Vec<_>>>()?;
         state.pods.extend(added.iter().cloned());
         // Saved before building, so a failure leaves them known to `down`.
         state.save(layout)?;
+        state.write_cluster(layout)?;
         net::add_hosts(&state.name, &hosts(&added, &[]))?;
-        if let Some(mode) = state.agent_mode {
-            attach(layout, mode, &added)?;
+        if state.agent_mode.is_some() {
+            attach(layout, &mut added, |p| state.mode_for(&p.namespace))?;
+            for pod in &added {
+                if let Some(p) = state.pods.iter_mut().find(|p| p.name == pod.name) {
+                    p.mode = pod.mode;
+                }
+            }
+            state.save(layout)?;
         }
         publish_pods(layout, state)?;
+        let agent = state.agent_mode.is_some().then(|| self.agent_answer(&mark));
         Ok(Change {
             added: added.into_iter().map(|p| p.name).collect(),
             removed: removed.into_iter().map(|p| p.name).collect(),
+            agent,
         })
     }
 
@@ -772,6 +835,8 @@ fn build(layout: &Layout, topology: &Topology, options: &UpOptions) -> Result<St
         state.pods.len() + state.externals.len(),
         layout.node_netns()
     ));
+    let policies = layout.policies_dir();
+    std::fs::create_dir_all(&policies).map_err(|e| Error::io(&policies, e))?;
     publish_pods(layout, state)?;
     progress(&format!(
         "servers listening (pid {})",
@@ -779,15 +844,23 @@ fn build(layout: &Layout, topology: &Topology, options: &UpOptions) -> Result<St
     ));
 
     if let Some(mode) = state.agent_mode {
+        // The names file lists no interface yet: none is an endpoint.
         start_agent(layout, state, options.agent_timeout)?;
         progress(&format!(
-            "agent ready (pid {}), datapath pinned under {}",
+            "agent ready (pid {}), datapath pinned under {}, enforcing the NetworkPolicies in {} \
+             (default {})",
             state.agent.as_ref().map_or(0, |p| p.pid),
-            layout.bpffs_root().display()
+            layout.bpffs_root().display(),
+            policies.display(),
+            default_text(state.default),
         ));
-        attach(layout, mode, &state.pods)?;
+        let mark = agent::LogMark::new(&layout.agent_log());
+        attach(layout, &mut state.pods, |_| Some(mode))?;
+        state.save(layout)?;
+        state.write_names(layout)?;
+        let answer = mark.wait(state.agent.as_ref(), agent::ANSWER_TIMEOUT);
         progress(&format!(
-            "attached {} pod interfaces in {mode:?} mode",
+            "attached {} pod interfaces in {mode:?} mode; {answer}",
             state.pods.len()
         ));
     }
@@ -805,6 +878,8 @@ fn plan_state(layout: &Layout, topology: &Topology, options: &UpOptions) -> Resu
         program: options.program.clone(),
         topology: topology.clone(),
         agent_mode: options.agent.then_some(options.mode),
+        default: options.default,
+        namespace_modes: Default::default(),
         slots: Default::default(),
         workloads: Vec::new(),
         pods: Vec::new(),
@@ -896,7 +971,8 @@ fn start_agent(layout: &Layout, state: &mut State, timeout: Duration) -> Result<
     let mode = state.agent_mode.expect("only labs with an agent start one");
     let ready = layout.agent_ready();
     process::remove_stale(&ready)?;
-    let agent = Process::spawn(layout.agent_argv(&state.program, mode), &layout.agent_log())?;
+    let argv = layout.agent_argv(&state.program, mode, state.default);
+    let agent = Process::spawn(argv, &layout.agent_log())?;
     state.agent = Some(agent.clone());
     state.save(layout)?;
     agent.wait_ready(
@@ -908,9 +984,16 @@ fn start_agent(layout: &Layout, state: &mut State, timeout: Duration) -> Result<
     )
 }
 
-fn attach(layout: &Layout, mode: Mode, pods: &[Pod]) -> Result<()> {
+/// Attach each pod's interface in the mode `mode_of` gives it, and record the mode on the
+/// pod (which makes it an endpoint the names file lists).
+fn attach(
+    layout: &Layout,
+    pods: &mut [Pod],
+    mode_of: impl Fn(&Pod) -> Option<Mode> + Sync,
+) -> Result<()> {
     in_node(layout, |pins| {
         for pod in pods {
+            let mode = mode_of(pod).expect("pods are attached in labs with the agent");
             let spec = EndpointSpec {
                 interface: pod.host_interface.clone(),
                 ipv4: Some(pod.ipv4),
@@ -922,6 +1005,7 @@ fn attach(layout: &Layout, mode: Mode, pods: &[Pod]) -> Result<()> {
                 interface: pod.host_interface.clone(),
                 source,
             })?;
+            pod.mode = Some(mode);
         }
         Ok(())
     })
@@ -950,19 +1034,27 @@ fn in_node(layout: &Layout, f: impl FnOnce(&Pins) -> Result<()> + Send) -> Resul
     })?
 }
 
-/// Remove everything of the lab (but its lock file), continuing past failures so a broken
-/// lab is removed as far as possible; the first failure is returned.
-/// Make the current pods reachable and known: service DNAT to them, the names file, and
-/// echo servers in their namespaces.
+/// Make the current pods reachable and known: service DNAT to them, the cluster and names
+/// files, and echo servers in their namespaces.
 fn publish_pods(layout: &Layout, state: &mut State) -> Result<()> {
     services::apply(
         &layout.node_netns(),
         &services::render(&state.services, &state.pods),
     )?;
-    state.write_names(layout)?;
+    state.write_agent_files(layout)?;
     start_server(layout, state)
 }
 
+/// `allow (Kubernetes)` or `deny (zero trust)`.
+pub fn default_text(default: DefaultAction) -> &'static str {
+    match default {
+        DefaultAction::Allow => "allow (Kubernetes)",
+        DefaultAction::Deny => "deny (zero trust)",
+    }
+}
+
+/// Remove everything of the lab (but its lock file), continuing past failures so a broken
+/// lab is removed as far as possible; the first failure is returned.
 fn teardown(layout: &Layout, state: Option<&State>) -> Result<Teardown> {
     let mut report = Teardown::default();
     let mut first_error = None;

@@ -67,6 +67,11 @@ pub fn node_netns(lab: &str) -> String {
     format!("palisade-{lab}-node")
 }
 
+/// The node's name in the cluster file: its namespace's name.
+pub fn node_name(lab: &str) -> String {
+    node_netns(lab)
+}
+
 pub fn host_netns(lab: &str, slot: u32) -> String {
     format!("palisade-{lab}-{slot}")
 }

@@ -9,13 +9,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use model::{Mode, identity::LabelSet};
+use model::{
+    Mode,
+    identity::LabelSet,
+    netpol::{
+        cluster::{self, Cluster, ContainerPort},
+        evaluate::DefaultAction,
+    },
+};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
     error::{Error, Result},
-    plan::{self, Slots, WorkloadState},
+    plan::{self, GATEWAY_V4, NODE_V6, Slots, WorkloadState},
     process::Process,
     topology::{Port, ServicePort, Topology},
 };
@@ -25,7 +32,8 @@ use crate::{
 };
 
 /// Bumped when the state file changes incompatibly; an older file is treated as stale.
-pub const STATE_FORMAT: u32 = 1;
+/// 2: the agent enforces NetworkPolicies (`default`, `namespace_modes`, each pod's `mode`).
+pub const STATE_FORMAT: u32 = 2;
 
 /// Where one lab keeps its files, and the names derived from its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +60,18 @@ impl Layout {
     }
     pub fn names_file(&self) -> PathBuf {
         self.dir.join("names.json")
+    }
+    /// The NetworkPolicy files the agent enforces, one policy per file.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+    /// Namespaces, pods and the node as the agent's `--cluster` reads them.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.join("cluster.json")
+    }
+    /// Where the agent keeps identity numbers across its restarts.
+    pub fn identities_file(&self) -> PathBuf {
+        self.dir.join("identities.json")
     }
     pub fn flows_file(&self) -> PathBuf {
         self.dir.join("flows.jsonl")
@@ -92,11 +112,18 @@ impl Layout {
         argv.len() == 5 && argv[1..] == self.server_argv(Path::new(""))[1..]
     }
 
-    pub fn agent_argv(&self, program: &Path, mode: Mode) -> Vec<String> {
+    /// The agent's command line: it enforces the lab's NetworkPolicies against the lab's
+    /// cluster file, for the pods the names file lists, with `default` for pods no policy
+    /// selects.
+    pub fn agent_argv(&self, program: &Path, mode: Mode, default: DefaultAction) -> Vec<String> {
         let mode = match mode {
             Mode::Learn => "learn",
             Mode::Monitor => "monitor",
             Mode::Enforce => "enforce",
+        };
+        let default = match default {
+            DefaultAction::Allow => "allow",
+            DefaultAction::Deny => "deny",
         };
         [
             program.display().to_string(),
@@ -113,6 +140,16 @@ impl Layout {
             self.agent_ready().display().to_string(),
             "--mode".into(),
             mode.into(),
+            "--policy-dir".into(),
+            self.policies_dir().display().to_string(),
+            "--cluster".into(),
+            self.cluster_file().display().to_string(),
+            "--node-name".into(),
+            plan::node_name(&self.name),
+            "--default".into(),
+            default.into(),
+            "--identities".into(),
+            self.identities_file().display().to_string(),
         ]
         .into()
     }
@@ -215,6 +252,10 @@ pub struct Pod {
     pub host_interface: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+    /// The mode its endpoint is in; `None` until it is attached (and in a lab without the
+    /// agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 impl Pod {
@@ -230,7 +271,15 @@ impl Pod {
             host_interface: plan::host_interface(lab, slot),
             ipv4: plan::pod_ipv4(slot),
             ipv6: plan::pod_ipv6(slot),
+            mode: None,
         }
+    }
+
+    /// Its name without the namespace.
+    pub fn short_name(&self) -> &str {
+        self.name
+            .split_once('/')
+            .map_or(self.name.as_str(), |(_, name)| name)
     }
 
     pub fn addresses(&self) -> [IpAddr; 2] {
@@ -281,6 +330,13 @@ pub struct State {
     pub topology: Topology,
     /// The mode endpoints are attached in; `None`: the lab runs without the agent.
     pub agent_mode: Option<Mode>,
+    /// What pods no policy selects get (the agent's `--default`), unless their namespace's
+    /// `palisade.io/default` label says otherwise.
+    pub default: DefaultAction,
+    /// Namespaces whose pods are attached in another mode than `agent_mode` (`lab mode
+    /// --namespace`); new pods of the namespace get it too.
+    #[serde(default)]
+    pub namespace_modes: BTreeMap<String, Mode>,
     pub slots: Slots,
     pub workloads: Vec<WorkloadState>,
     pub pods: Vec<Pod>,
@@ -325,14 +381,29 @@ impl State {
             .collect()
     }
 
-    /// What the agent needs to name flows: interfaces and addresses of pods, addresses of
-    /// external hosts.
+    /// The mode a new pod of `namespace` is attached in; `None` without the agent.
+    pub fn mode_for(&self, namespace: &str) -> Option<Mode> {
+        let mode = self.agent_mode?;
+        Some(self.namespace_modes.get(namespace).copied().unwrap_or(mode))
+    }
+
+    /// Is the pod's interface something the agent may write rules for? With the agent,
+    /// only once it is attached: the agent refuses a whole policy that names an interface
+    /// which is not an endpoint.
+    fn is_endpoint(&self, pod: &Pod) -> bool {
+        self.agent_mode.is_none() || pod.mode.is_some()
+    }
+
+    /// What the agent needs to name flows and to find the pods' endpoints: interfaces of
+    /// attached pods, addresses of pods and external hosts, pods' labels.
     pub fn names(&self) -> Names {
         let mut names = Names::default();
         for pod in &self.pods {
-            names
-                .interfaces
-                .insert(pod.host_interface.clone(), pod.name.clone());
+            if self.is_endpoint(pod) {
+                names
+                    .interfaces
+                    .insert(pod.host_interface.clone(), pod.name.clone());
+            }
             for ip in pod.addresses() {
                 names.addresses.insert(ip, pod.name.clone());
             }
@@ -365,5 +436,155 @@ impl State {
         self.names()
             .save(&path)
             .map_err(|source| Error::Names { path, source })
+    }
+
+    /// What NetworkPolicies apply to: every namespace with its labels (and the
+    /// `kubernetes.io/metadata.name` label Kubernetes gives it), every pod with its labels,
+    /// addresses and named ports, on the lab's one node, whose addresses are the ones pods
+    /// see it by.
+    pub fn cluster(&self) -> Cluster {
+        let node = plan::node_name(&self.name);
+        Cluster {
+            namespaces: self
+                .topology
+                .namespaces
+                .iter()
+                .map(|n| {
+                    let name = n.name.to_string();
+                    let labels = self.topology.namespace_labels(&name);
+                    (name, labels)
+                })
+                .collect(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| cluster::Pod {
+                    namespace: p.namespace.clone(),
+                    name: p.short_name().to_owned(),
+                    labels: p.labels.clone(),
+                    ips: p.addresses().to_vec(),
+                    ports: p
+                        .ports
+                        .iter()
+                        .map(|port| ContainerPort {
+                            name: port.name.as_ref().map(ToString::to_string),
+                            port: port.port.get(),
+                            protocol: port.protocol.into(),
+                        })
+                        .collect(),
+                    node: node.clone(),
+                })
+                .collect(),
+            nodes: BTreeMap::from([(node, vec![GATEWAY_V4.into(), NODE_V6.into()])]),
+        }
+    }
+
+    /// Write the cluster file atomically (the agent re-reads it on every change).
+    pub fn write_cluster(&self, layout: &Layout) -> Result<()> {
+        let path = layout.cluster_file();
+        let text =
+            serde_json::to_string_pretty(&self.cluster()).map_err(|source| Error::State {
+                path: path.clone(),
+                source,
+            })?;
+        write_atomically(&path, text.as_bytes())
+    }
+
+    /// The cluster file, then the names file: what the agent compiles policy from.
+    pub fn write_agent_files(&self, layout: &Layout) -> Result<()> {
+        self.write_cluster(layout)?;
+        self.write_names(layout)
+    }
+}
+
+/// Write `path` through a hidden temporary file renamed over it: readers (the agent, whose
+/// watches ignore hidden files) see the old or the new file, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{UpOptions, plan_state};
+
+    const TOPOLOGY: &str = "
+namespaces:
+  - {name: x, labels: {team: blue}}
+  - {name: empty}
+pods:
+  - name: x/a
+    labels: {pod: a}
+    ports: [{port: 80, name: serve-80-tcp}, {port: 81, protocol: UDP}]
+externals:
+  - {name: ext.example.com, addresses: [203.0.113.9]}
+";
+
+    fn state(agent: bool) -> State {
+        let topology = Topology::parse(TOPOLOGY, "t.yaml").unwrap();
+        let mut options = UpOptions::new("palisade");
+        options.agent = agent;
+        plan_state(&Layout::new("t").unwrap(), &topology, &options).unwrap()
+    }
+
+    #[test]
+    fn the_cluster_file_says_what_policies_apply_to() {
+        let cluster = state(true).cluster();
+        let json = serde_json::to_value(&cluster).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "namespaces": {
+                    "x": {"kubernetes.io/metadata.name": "x", "team": "blue"},
+                    "empty": {"kubernetes.io/metadata.name": "empty"},
+                },
+                "pods": [{
+                    "namespace": "x",
+                    "name": "a",
+                    "labels": {"pod": "a"},
+                    "ips": ["10.244.0.2", "fd00:10:244::2"],
+                    "ports": [
+                        {"name": "serve-80-tcp", "port": 80, "protocol": "tcp"},
+                        {"port": 81, "protocol": "udp"},
+                    ],
+                    "node": "palisade-t-node",
+                }],
+                "nodes": {"palisade-t-node": ["169.254.1.1", "fd00:10:244::1"]},
+            })
+        );
+    }
+
+    #[test]
+    fn with_the_agent_only_attached_pods_are_named_endpoints() {
+        let mut state = state(true);
+        assert!(state.names().interfaces.is_empty());
+        assert_eq!(state.names().addresses.len(), 3, "pods and external hosts");
+        state.pods[0].mode = Some(Mode::Enforce);
+        assert_eq!(state.names().interfaces["pl-t-1"], "x/a");
+        // Without the agent nothing is attached; the names still say which pod is which.
+        assert_eq!(self::state(false).names().interfaces["pl-t-1"], "x/a");
+    }
+
+    #[test]
+    fn the_agent_enforces_the_labs_policies() {
+        let layout = Layout::new("t").unwrap();
+        let argv = layout.agent_argv(Path::new("palisade"), Mode::Learn, DefaultAction::Deny);
+        let value = |flag: &str| {
+            let i = argv.iter().position(|a| a == flag).unwrap();
+            argv[i + 1].clone()
+        };
+        assert_eq!(value("--policy-dir"), "/run/palisade/lab/t/policies");
+        assert_eq!(value("--cluster"), "/run/palisade/lab/t/cluster.json");
+        assert_eq!(value("--names"), "/run/palisade/lab/t/names.json");
+        assert_eq!(value("--node-name"), "palisade-t-node");
+        assert_eq!(value("--default"), "deny");
+        assert_eq!(value("--identities"), "/run/palisade/lab/t/identities.json");
+        assert!(layout.is_agent(&argv));
     }
 }
