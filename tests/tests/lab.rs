@@ -542,3 +542,254 @@ impl Drop for Guard<'_> {
         let _ = lab::down(self.0);
     }
 }
+
+/// Only app/client may reach the web pods, on their named port.
+const WEB_POLICY: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: echo}]
+";
+
+fn enforcing_lab() -> TestLab {
+    TestLab::up_with(TOPOLOGY, |o| {
+        o.agent = true;
+        o.mode = model::Mode::Enforce;
+    })
+}
+
+/// Can `from` open TCP 7000 on `to` (over IPv4)?
+fn reaches(lab: &Lab, from: &str, to: &str) -> bool {
+    let ip = lab.pod(to).unwrap().ipv4;
+    lab.probe_one(from, ip.into(), 7000, Protocol::Tcp).unwrap() == ProbeResult::Ok
+}
+
+fn web_pods(lab: &Lab) -> Vec<String> {
+    lab.pods_of("app/web")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Pods a scale or restart creates are in the cluster file and the names file by the time
+/// the command returns, and their policy is enforced.
+#[test]
+fn with_the_agent_new_pods_get_their_policy() {
+    require_root!();
+    let mut lab = enforcing_lab();
+    let applied = lab
+        .apply_policy_text(WEB_POLICY, std::path::Path::new("web.yaml"))
+        .unwrap();
+    assert!(applied.agent.as_ref().unwrap().is_applied(), "{applied:?}");
+    let enforced = |lab: &Lab| {
+        for web in web_pods(lab) {
+            assert!(reaches(lab, "app/client", &web), "client -> {web}");
+            assert!(!reaches(lab, "app/db-0", &web), "db-0 -> {web}");
+        }
+        // The web pods are not isolated in egress, nor is anyone else in ingress.
+        let client = lab.pod("app/client").unwrap().ipv4;
+        let web = web_pods(lab)[0].clone();
+        assert_eq!(
+            lab.probe_one(&web, client.into(), 7000, Protocol::Tcp)
+                .unwrap(),
+            ProbeResult::Ok
+        );
+    };
+    enforced(&lab);
+
+    let scaled = lab.scale("app/web", 3).unwrap();
+    assert!(scaled.agent.as_ref().unwrap().is_applied(), "{scaled:?}");
+    let restarted = lab.restart("app/web").unwrap();
+    assert!(
+        restarted.agent.as_ref().unwrap().is_applied(),
+        "{restarted:?}"
+    );
+    assert_eq!(web_pods(&lab).len(), 3);
+    enforced(&lab);
+
+    let cluster: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.cluster_file()).unwrap()).unwrap();
+    let names = enforcer::names::Names::load(&lab.names_file()).unwrap();
+    for web in web_pods(&lab) {
+        let pod = lab.pod(&web).unwrap();
+        let entry = cluster["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                format!(
+                    "{}/{}",
+                    p["namespace"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                ) == web
+            })
+            .unwrap_or_else(|| panic!("{web} in {cluster}"));
+        assert_eq!(entry["labels"]["app"], "web");
+        assert_eq!(entry["ports"][0]["name"], "echo");
+        assert_eq!(names.interfaces[&pod.host_interface], web);
+        assert_eq!(pod.mode, Some(model::Mode::Enforce));
+    }
+    for gone in restarted.removed {
+        assert!(!names.pods.contains_key(&gone), "{gone}");
+    }
+}
+
+/// Modes per pod, per namespace (also for pods created later) and for the whole lab.
+#[test]
+fn modes_per_pod_namespace_and_lab() {
+    require_root!();
+    let mut lab = enforcing_lab();
+    lab.apply_policy_text(WEB_POLICY, std::path::Path::new("web.yaml"))
+        .unwrap();
+    let [web0, web1] = <[String; 2]>::try_from(web_pods(&lab)).unwrap();
+    assert!(!reaches(&lab, "app/db-0", &web0));
+
+    // A monitoring endpoint records what it would drop, and drops nothing.
+    let changed = lab
+        .set_mode(model::Mode::Monitor, &lab::ModeTarget::Pod(web0.clone()))
+        .unwrap();
+    assert_eq!(changed, std::slice::from_ref(&web0));
+    assert!(reaches(&lab, "app/db-0", &web0));
+    assert!(!reaches(&lab, "app/db-0", &web1));
+
+    lab.set_mode(model::Mode::Enforce, &lab::ModeTarget::All)
+        .unwrap();
+    assert!(!reaches(&lab, "app/db-0", &web0));
+
+    lab.set_mode(
+        model::Mode::Learn,
+        &lab::ModeTarget::Namespace("app".into()),
+    )
+    .unwrap();
+    let added = lab.scale("app/web", 3).unwrap().added;
+    let new = lab.pod(&added[0]).unwrap().clone();
+    assert_eq!(
+        new.mode,
+        Some(model::Mode::Learn),
+        "new pods of the namespace"
+    );
+    assert!(reaches(&lab, "app/db-0", &new.name));
+    assert!(
+        lab.set_mode(
+            model::Mode::Learn,
+            &lab::ModeTarget::Namespace("nope".into())
+        )
+        .is_err()
+    );
+}
+
+/// `lab policy`, `lab label`, `lab default`, `lab mode` from the command line.
+#[test]
+fn the_cli_changes_policies_labels_defaults_and_modes() {
+    require_root!();
+    let name = unique_id();
+    let _guard = Guard(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.yaml");
+    std::fs::write(&topology, TOPOLOGY).unwrap();
+    let palisade = |args: &[&str]| {
+        let out = Command::new(program())
+            .args(["lab", "--name", &name])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let ok = |args: &[&str]| {
+        let (success, text) = palisade(args);
+        assert!(success, "{args:?}: {text}");
+        text
+    };
+    ok(&["up", "-f", topology.to_str().unwrap(), "--mode", "enforce"]);
+    let lab = Lab::load(&name).unwrap();
+    let web = web_pods(&lab)[0].clone();
+
+    let policy = dir.path().join("web.yaml");
+    std::fs::write(&policy, WEB_POLICY).unwrap();
+    let out = ok(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    assert!(
+        out.contains("networkpolicy app/web created") && out.contains("policy applied"),
+        "{out}"
+    );
+    assert!(ok(&["policy", "apply", "-f", policy.to_str().unwrap()]).contains("unchanged"));
+    assert!(!reaches(&lab, "app/db-0", &web));
+
+    // A file the API server would refuse changes nothing.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, WEB_POLICY.replace("{port: echo}", "{port: 70000}")).unwrap();
+    let (success, out) = palisade(&["policy", "apply", "-f", bad.to_str().unwrap()]);
+    assert!(!success);
+    assert!(
+        out.contains("bad.yaml") && out.contains("ports[0]"),
+        "{out}"
+    );
+    assert!(!reaches(&lab, "app/db-0", &web));
+    let list = ok(&["policy", "list"]);
+    assert!(
+        list.contains("app/web") && list.contains("app=web"),
+        "{list}"
+    );
+
+    // db-0 becomes a client.
+    let out = ok(&["label", "pod", "app/db-0", "role=client"]);
+    assert!(
+        out.contains("role=client") && out.contains("policy applied"),
+        "{out}"
+    );
+    assert!(reaches(&lab, "app/db-0", &web));
+    ok(&["label", "pod", "app/db-0", "role-"]);
+    assert!(!reaches(&lab, "app/db-0", &web));
+
+    // Zero trust for the namespace: the client no longer reaches the external host.
+    let ext = "203.0.113.7".parse().unwrap();
+    assert_eq!(
+        lab.probe_one("app/client", ext, 7000, Protocol::Tcp)
+            .unwrap(),
+        ProbeResult::Ok
+    );
+    ok(&["default", "deny", "--namespace", "app"]);
+    assert_eq!(
+        lab.probe_one("app/client", ext, 7000, Protocol::Tcp)
+            .unwrap(),
+        ProbeResult::Timeout
+    );
+    ok(&["default", "inherit", "--namespace", "app"]);
+    // Lab-wide (the agent restarts).
+    let out = ok(&["default", "deny"]);
+    assert!(
+        out.contains("agent restarted") && out.contains("policy applied"),
+        "{out}"
+    );
+    assert_eq!(
+        lab.probe_one("app/client", ext, 7000, Protocol::Tcp)
+            .unwrap(),
+        ProbeResult::Timeout
+    );
+    let out = ok(&["mode", "monitor", "--pod", "app/client"]);
+    assert!(out.contains("1 pods now in monitor mode"), "{out}");
+    assert_eq!(
+        lab.probe_one("app/client", ext, 7000, Protocol::Tcp)
+            .unwrap(),
+        ProbeResult::Ok
+    );
+    let status = ok(&["status"]);
+    assert!(
+        status.contains("default deny (zero trust)") && status.contains("monitor"),
+        "{status}"
+    );
+
+    let out = ok(&["policy", "delete", "--all"]);
+    assert!(out.contains("networkpolicy app/web deleted"), "{out}");
+    assert!(ok(&["policy", "list"]).contains("no NetworkPolicies"));
+    ok(&["down"]);
+}

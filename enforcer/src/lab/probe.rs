@@ -22,8 +22,9 @@ use crate::netns;
 
 /// How long a probe waits for a connection, and then for the echo.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most this many probes run at once.
-pub const MAX_THREADS: usize = 32;
+/// At most this many probes run at once. Probes mostly wait (a denied one waits out its
+/// timeout), so a 9x9 matrix over both families (144 probes) takes about two timeouts.
+pub const MAX_THREADS: usize = 96;
 /// UDP datagrams sent per probe (spread over its timeout): the first may be lost while the
 /// node resolves the peer's neighbour entry.
 const UDP_ATTEMPTS: u32 = 3;
