@@ -5,8 +5,9 @@
 //! (kubernetes.io/docs/concepts/services-networking/network-policies/ and the
 //! `networking.k8s.io/v1` API reference), never computed by `model`'s evaluator:
 //! - a pod is isolated in a direction once a policy selecting it has that direction in its
-//!   `policyTypes` (Ingress by default; Egress when the policy has egress rules); then only
-//!   the union of those policies' rules is allowed; policies never conflict, they add up;
+//!   `policyTypes` (Ingress by default; Egress too when the policy has egress rules); then
+//!   only the union of those policies' rules is allowed (an empty rule allows everything);
+//!   policies never conflict, they add up;
 //! - a connection between two pods needs the source's egress and the destination's ingress
 //!   to allow it; replies of an allowed connection pass;
 //! - a peer's `podSelector` alone chooses pods of the policy's namespace, its
@@ -442,6 +443,40 @@ fn isolation_and_peer_selectors() {
     c.check("default deny all in x", 81, TCP, BOTH, |from, to| {
         ns(from) != "x" && ns(to) != "x"
     });
+    c.delete_all();
+
+    // policyTypes left out: Ingress always, Egress too as the policy has egress rules. So
+    // x/a is isolated both ways, with no ingress rule, and may open connections in x only.
+    c.apply(&[netpol(
+        "x",
+        "a-out-in-x",
+        "podSelector: {matchLabels: {pod: a}}\negress:\n- to: [{podSelector: {}}]",
+    )]);
+    c.check(
+        "policyTypes defaulted from an egress-only policy",
+        80,
+        TCP,
+        BOTH,
+        |from, to| to != "x/a" && (from != "x/a" || ns(to) == "x"),
+    );
+    c.delete_all();
+
+    // An empty rule allows everything: x/a is open again under x's deny-all ingress.
+    c.apply(&[
+        netpol("x", "deny", "podSelector: {}\npolicyTypes: [Ingress]"),
+        netpol(
+            "x",
+            "a-open",
+            "podSelector: {matchLabels: {pod: a}}\ningress:\n- {}",
+        ),
+    ]);
+    c.check(
+        "an empty ingress rule allows all",
+        80,
+        TCP,
+        BOTH,
+        |_, to| ns(to) != "x" || to == "x/a",
+    );
     c.delete_all();
 
     // A peer's podSelector alone: pods of the policy's own namespace.

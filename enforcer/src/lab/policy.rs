@@ -330,6 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn example_policies_load_and_fit_the_shop() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab/policies");
+        let shop = crate::lab::Topology::default_shop();
+        let loaded = load::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!loaded.is_empty(), "examples in {}", dir.display());
+        for l in &loaded {
+            let policy = Policy::from_k8s(&l.policy).unwrap();
+            assert!(
+                shop.namespaces
+                    .iter()
+                    .any(|n| n.name.as_str() == policy.name.namespace),
+                "{}: {} is not a namespace of the shop",
+                l.file.display(),
+                policy.name.namespace
+            );
+        }
+    }
+
+    #[test]
     fn a_policy_is_written_as_a_document_that_loads_back() {
         let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {}}]\n    ports: [{port: 80, endPort: 81}]\n";
         let loaded = load::load_str(text, Path::new("in.yaml")).unwrap();
