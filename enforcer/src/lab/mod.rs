@@ -558,7 +558,7 @@ impl Lab {
     /// The agent learns of removed pods before their endpoints go (it stops writing their
     /// rules; it deletes them once they are detached), and of new pods' addresses and
     /// labels before they exist, so peers' rules know them; a new pod's interface is named
-    /// to it once attached, and the change returns once the agent answered.
+    /// to it once attached, and the pods serve again once the agent answered.
     fn change_pods(&mut self, remove: &[String], add: Vec<NewPod>) -> Result<Change> {
         let (layout, state) = (&self.layout, &mut self.state);
         let mark = agent::LogMark::new(&layout.agent_log());
@@ -599,8 +599,18 @@ impl Lab {
             }
             state.save(layout)?;
         }
-        publish_pods(layout, state)?;
-        let agent = state.agent_mode.is_some().then(|| self.agent_answer(&mark));
+        services::apply(
+            &layout.node_netns(),
+            &services::render(&state.services, &state.pods),
+        )?;
+        state.write_agent_files(layout)?;
+        // The pods serve again once the agent answered for the new endpoints, as a pod's
+        // containers start once its network is set up.
+        let agent = state
+            .agent_mode
+            .is_some()
+            .then(|| mark.wait(state.agent.as_ref(), agent::ANSWER_TIMEOUT));
+        start_server(layout, state)?;
         Ok(Change {
             added: added.into_iter().map(|p| p.name).collect(),
             removed: removed.into_iter().map(|p| p.name).collect(),
