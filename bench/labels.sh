@@ -122,7 +122,7 @@ for pods in $SIZES; do
         --bpffs-root "$BPFFS" --watched "$WATCHED" --host "$SERVER_IP" \
         --port-a $PORT_A --port-b $PORT_B --file-a "$OUT/$label-a.json" \
         --file-b "$OUT/$label-b.json" --file-none "$OUT/$label-none.json" \
-        --changes "$CHANGES" --two-step "$CONTROL" --cpu "$CPU" \
+        --changes "$CHANGES" --two-step "$CONTROL" --cpu "$CPU" --settle 0.5 \
         >"$OUT/$label.json" 2>"$OUT/$label.log" || die "prober failed: see $OUT/$label.log"
     sleep 0.5
     agent_ms "$first" >"$OUT/$label-agent-ms.txt"

@@ -155,7 +155,13 @@ impl PolicySource {
                 compiler,
                 rules,
             } => compile_network_policies(config, compiler).and_then(|(desired, compiled)| {
+                let compiled_at = started.elapsed();
                 let changes = self.writer.apply(&desired)?;
+                tracing::debug!(
+                    compile_ms = compiled_at.as_secs_f64() * 1000.0,
+                    write_ms = (started.elapsed() - compiled_at).as_secs_f64() * 1000.0,
+                    "policy phases"
+                );
                 if let Some(path) = &config.identities {
                     compiler
                         .identities
@@ -198,6 +204,7 @@ fn compile_network_policies(
     config: &NetworkPolicyConfig,
     compiler: &mut Compiler,
 ) -> Result<(Desired, Compiled)> {
+    let started = Instant::now();
     let loaded = load::load_dir(&config.dir).map_err(|e| Error::Policy(e.to_string()))?;
     let policies = loaded
         .iter()
@@ -213,6 +220,7 @@ fn compile_network_policies(
         .collect::<Result<Vec<_>>>()?;
     let cluster = load_cluster(&config.cluster)?;
     let names = Names::load(&config.names)?;
+    let loaded_at = started.elapsed();
     let default = |pod: &Pod| pod_default(&cluster, pod, config.default);
     let compiled = compiler
         .compile(&Input {
@@ -222,6 +230,13 @@ fn compile_network_policies(
             default: &default,
         })
         .map_err(|e| Error::Policy(e.to_string()))?;
+    tracing::debug!(
+        read_ms = loaded_at.as_secs_f64() * 1000.0,
+        compile_ms = (started.elapsed() - loaded_at).as_secs_f64() * 1000.0,
+        pods = cluster.pods.len(),
+        policies = policies.len(),
+        "policy compiled"
+    );
     let interfaces: BTreeMap<&str, &str> = names
         .interfaces
         .iter()

@@ -7,7 +7,7 @@
 //! entries and ipcache entries keep meaning the same thing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
 };
@@ -96,16 +96,31 @@ impl LabelSet {
         namespace_labels: &BTreeMap<String, String>,
         pod_labels: &BTreeMap<String, String>,
     ) -> Self {
-        let mut set: BTreeMap<String, String> = pod_labels
+        let mut set = Self::for_namespace(namespace, namespace_labels);
+        set.add_pod_labels(pod_labels, |k| !NOISE_LABELS.contains(&k));
+        set
+    }
+
+    /// The part of a pod's label set that comes from its namespace (shared by all its pods).
+    pub fn for_namespace(namespace: &str, namespace_labels: &BTreeMap<String, String>) -> Self {
+        let mut set: BTreeMap<String, String> = namespace_labels
             .iter()
-            .filter(|(k, _)| !NOISE_LABELS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone()))
             .collect();
-        for (k, v) in namespace_labels {
-            set.insert(format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone());
-        }
         set.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
         Self(set)
+    }
+
+    /// Add the pod labels whose key `keep` accepts; the namespace's part is never
+    /// overwritten.
+    pub fn add_pod_labels(
+        &mut self,
+        pod_labels: &BTreeMap<String, String>,
+        keep: impl Fn(&str) -> bool,
+    ) {
+        for (k, v) in pod_labels.iter().filter(|(k, _)| keep(k)) {
+            self.0.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
 
     /// The namespace these labels belong to, if any.
@@ -143,7 +158,7 @@ pub struct IdentityAllocator {
     #[serde(default)]
     cidrs: Vec<(IpNet, Identity)>,
     #[serde(skip)]
-    by_labels: BTreeMap<LabelSet, Identity>,
+    by_labels: HashMap<LabelSet, Identity>,
     #[serde(skip)]
     by_cidr: BTreeMap<IpNet, Identity>,
     /// Next free numbers (kept, not recomputed: allocating stays O(log n)).

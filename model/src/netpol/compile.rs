@@ -17,7 +17,7 @@
 //! map entries that differ.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -386,34 +386,35 @@ fn identity_labels(cluster: &Cluster, policies: &[Policy]) -> Vec<LabelSet> {
         .flat_map(Policy::selectors)
         .flat_map(|s| s.keys())
         .collect();
+    // Noise labels stay out, unless a selector reads them.
+    let keep = |k: &str| !NOISE_LABELS.contains(&k) || read.contains(k);
+    let mut namespaces: HashMap<&str, LabelSet> = HashMap::new();
     let mut sets: Vec<LabelSet> = cluster
         .pods
         .iter()
         .map(|pod| {
-            let mut set = LabelSet::for_pod(
-                &pod.namespace,
-                &cluster.namespace_labels(&pod.namespace),
-                &pod.labels,
-            );
-            for (k, v) in &pod.labels {
-                if NOISE_LABELS.contains(&k.as_str()) && read.contains(k.as_str()) {
-                    set.0.insert(k.clone(), v.clone());
-                }
-            }
+            let mut set = namespaces
+                .entry(&pod.namespace)
+                .or_insert_with(|| {
+                    LabelSet::for_namespace(
+                        &pod.namespace,
+                        &cluster.namespace_labels(&pod.namespace),
+                    )
+                })
+                .clone();
+            set.add_pod_labels(&pod.labels, keep);
             set
         })
         .collect();
     // Pods sharing a label set but not their named ports: split by the named ports.
-    let mut named: BTreeMap<&LabelSet, BTreeSet<String>> = BTreeMap::new();
     let signatures: Vec<String> = cluster.pods.iter().map(named_ports).collect();
+    let mut named: HashMap<&LabelSet, &str> = HashMap::new();
+    let mut split: HashSet<LabelSet> = HashSet::new();
     for (set, signature) in sets.iter().zip(&signatures) {
-        named.entry(set).or_default().insert(signature.clone());
+        if *named.entry(set).or_insert(signature) != signature.as_str() {
+            split.insert(set.clone());
+        }
     }
-    let split: BTreeSet<LabelSet> = named
-        .into_iter()
-        .filter(|(_, signatures)| signatures.len() > 1)
-        .map(|(set, _)| set.clone())
-        .collect();
     for (set, signature) in sets.iter_mut().zip(signatures) {
         if split.contains(set) {
             set.0.insert(NAMED_PORTS_LABEL.to_owned(), signature);
