@@ -245,6 +245,7 @@ fn compile_network_policies(
     let mut desired = Desired {
         ipcache: compiled.ipcache.clone(),
         cidrs: compiled.cidrs.clone(),
+        services: compiled.services.clone(),
         ..Desired::default()
     };
     for ((namespace, name), rules) in &compiled.endpoints {

@@ -157,6 +157,9 @@ pub struct IdentityAllocator {
     labels: Vec<(LabelSet, Identity)>,
     #[serde(default)]
     cidrs: Vec<(IpNet, Identity)>,
+    /// Services by `namespace/name`.
+    #[serde(default)]
+    services: Vec<(String, Identity)>,
     #[serde(skip)]
     by_labels: HashMap<LabelSet, Identity>,
     #[serde(skip)]
@@ -189,7 +192,11 @@ impl IdentityAllocator {
             })?;
         let mut seen = std::collections::BTreeSet::new();
         let ids = table.labels.iter().map(|(_, id)| *id);
-        for id in ids.chain(table.cidrs.iter().map(|(_, id)| *id)) {
+        let others = table.cidrs.iter().map(|(_, id)| *id);
+        for id in ids
+            .chain(others)
+            .chain(table.services.iter().map(|(_, id)| *id))
+        {
             if !seen.insert(id) {
                 return Err(IdentityError::Duplicate {
                     path: path.to_owned(),
@@ -258,6 +265,25 @@ impl IdentityAllocator {
         self.next_cidr = Some(next + 1);
         self.cidrs.push((net, id));
         self.by_cidr.insert(net, id);
+        Ok(id)
+    }
+
+    /// The identity standing for the ClusterIPs of Service `namespace/name`.
+    pub fn for_service(&mut self, service: &str) -> Result<Identity, IdentityError> {
+        if let Some((_, id)) = self.services.iter().find(|(s, _)| s == service) {
+            return Ok(*id);
+        }
+        let next = self
+            .services
+            .iter()
+            .map(|(_, id)| id.0 + 1)
+            .max()
+            .unwrap_or(Identity::FIRST_SERVICE);
+        if next >= Identity::FIRST_CIDR {
+            return Err(IdentityError::Exhausted { kind: "Service" });
+        }
+        let id = Identity(next);
+        self.services.push((service.to_owned(), id));
         Ok(id)
     }
 

@@ -102,6 +102,7 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
                     ("n2".to_owned(), vec![IpAddr::from(REMOTE_NODE_IP)]),
                 ]
                 .into(),
+                services: vec![],
             }
         })
 }

@@ -1024,6 +1024,7 @@ fn network_policies_follow_labels_and_name_their_rules_in_flow_records() {
         ],
     );
     let (a, b) = (node.pod("t/a"), node.pod("t/b"));
+    let web = node.lab.service("t/web").unwrap();
     let mut names = enforcer::names::Names::default();
     names
         .interfaces
@@ -1042,6 +1043,9 @@ fn network_policies_follow_labels_and_name_their_rules_in_flow_records() {
                  "ips": [b.ipv4, b.ipv6], "ports": [{"name": "http", "port": 8080}]},
             ],
             "nodes": {"lab": ["169.254.1.1", "fd00:10:244::1"]},
+            "services": [{"namespace": "t", "name": "web", "selector": {"app": "web"},
+                          "cluster_ips": web.addresses(),
+                          "ports": [{"port": 80, "target_port": "http"}]}],
         });
         replace_policy_file(&cluster_file, &cluster.to_string());
     };
@@ -1078,6 +1082,24 @@ fn network_policies_follow_labels_and_name_their_rules_in_flow_records() {
         .find(|r| r.interface == b.host_interface && r.policy.is_some())
         .expect("a record naming the policy rule");
     assert_eq!(named.policy.as_deref(), Some("t/web ingress[0]"));
+
+    // Egress by ClusterIP is judged by the Service's backends: a's egress isolated to web
+    // pods on their http port reaches the Service (port 80 -> http), and nothing else.
+    replace_policy_file(
+        &dir.join("client.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: http}]\n",
+    );
+    let service = SocketAddr::new(web.addresses()[0], 80);
+    assert!(
+        eventually(|| !traffic::tcp_connects(&a.netns, SocketAddr::new(ext(4), 443))),
+        "{}",
+        node.agent().log_text()
+    );
+    assert!(
+        traffic::tcp_connects(&a.netns, service),
+        "a reaches web's ClusterIP"
+    );
+    std::fs::remove_file(dir.join("client.yaml")).unwrap();
 
     // Zero trust for the namespace: a, selected by no policy, is cut off (but its node).
     write_cluster(

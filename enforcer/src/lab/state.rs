@@ -24,7 +24,7 @@ use super::{
     error::{Error, Result},
     plan::{self, GATEWAY_V4, NODE_V6, Slots, WorkloadState},
     process::Process,
-    topology::{Port, ServicePort, Topology},
+    topology::{Port, ServicePort, TargetPort, Topology},
 };
 use crate::{
     names::{Names, PodMeta},
@@ -476,6 +476,30 @@ impl State {
                 })
                 .collect(),
             nodes: BTreeMap::from([(node, vec![GATEWAY_V4.into(), NODE_V6.into()])]),
+            services: self
+                .services
+                .iter()
+                .map(|s| cluster::ClusterService {
+                    namespace: s.namespace.clone(),
+                    name: s.name.rsplit('/').next().unwrap_or(&s.name).to_owned(),
+                    selector: s.selector.clone(),
+                    cluster_ips: s.addresses().to_vec(),
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| cluster::ClusterServicePort {
+                            port: p.port.get(),
+                            protocol: p.protocol.into(),
+                            target_port: match p.target() {
+                                TargetPort::Number(n) => cluster::TargetPort::Number(n.get()),
+                                TargetPort::Name(name) => {
+                                    cluster::TargetPort::Name(name.to_string())
+                                }
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 

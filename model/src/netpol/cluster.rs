@@ -22,6 +22,37 @@ pub struct Cluster {
     /// Node name -> its addresses.
     #[serde(default)]
     pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// Services with ClusterIPs (a pod's connection to one is judged by its backends).
+    #[serde(default)]
+    pub services: Vec<ClusterService>,
+}
+
+/// A Service with a selector: its backends are the pods of its namespace that carry every
+/// selector label (no selector: no backends Palisade knows of).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterService {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub selector: Labels,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ClusterServicePort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterServicePort {
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    /// The backends' port: a number, or a container port name resolved on each backend.
+    pub target_port: TargetPort,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +107,20 @@ impl Cluster {
         self.nodes
             .get(&pod.node)
             .is_some_and(|ips| ips.iter().any(|ip| ip.to_canonical() == addr))
+    }
+}
+
+impl ClusterService {
+    /// The pods the Service sends connections to.
+    pub fn backends<'a>(&'a self, cluster: &'a Cluster) -> impl Iterator<Item = &'a Pod> {
+        cluster.pods.iter().filter(move |p| {
+            !self.selector.is_empty()
+                && p.namespace == self.namespace
+                && self
+                    .selector
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k) == Some(v))
+        })
     }
 }
 

@@ -8,6 +8,8 @@
 //!   their named ports, so one identity never stands for pods a rule must treat apart.
 //! - A peer selector becomes the identities of the pods it selects; an `ipBlock` a CIDR
 //!   peer; no peers the wildcard.
+//! - Services: their ClusterIPs get a Service identity and stand for their backends (the
+//!   datapath judges a connection to one as Kubernetes does after kube-proxy's DNAT).
 //! - Named ports are resolved on the destination: the endpoint itself for ingress, each
 //!   peer identity for egress (with no peers: every pod identity naming the port; with an
 //!   `ipBlock`: each pod address inside the block, as a /32 or /128).
@@ -24,14 +26,14 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
-    cluster::{Cluster, Pod},
+    cluster::{Cluster, ClusterService, Pod, TargetPort},
     evaluate::{DefaultAction, RuleRef},
     policy::{Policy, PolicyPeer, PolicyPort, PortSpec},
 };
 use crate::{
     Direction, Protocol,
     identity::{Identity, IdentityAllocator, IdentityError, LabelSet, NOISE_LABELS},
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule},
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule, Service, ServicePort},
 };
 
 /// The label that tells apart pods whose label sets are equal but whose named container
@@ -65,6 +67,8 @@ pub struct Compiled {
     pub pod_identities: BTreeMap<PodKey, Identity>,
     /// Where each rule id comes from.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// The Services pods may address by ClusterIP, with their backends.
+    pub services: Vec<Service>,
 }
 
 /// Compiles, remembering identities and rule ids between compilations.
@@ -135,6 +139,10 @@ impl Compiler {
                 },
             );
         }
+        for service in &cluster.services {
+            out.services
+                .push(self.service(service, cluster, &out.pod_identities)?);
+        }
         out.rules = self
             .rule_ids
             .iter()
@@ -191,6 +199,59 @@ impl Compiler {
             (true, _) | (false, DefaultAction::Deny) => Isolation::Isolated,
             (false, DefaultAction::Allow) => Isolation::Open,
         }
+    }
+
+    /// A Service as the datapath judges it: its ClusterIPs stand for its backends, on the
+    /// target port. A named target port is resolved on each backend; where backends
+    /// resolve it differently the port is left out (connections to it are refused: the
+    /// datapath judges a Service port by one target port for all backends).
+    fn service(
+        &mut self,
+        service: &ClusterService,
+        cluster: &Cluster,
+        pod_identities: &BTreeMap<PodKey, Identity>,
+    ) -> Result<Service, IdentityError> {
+        let identity = self
+            .identities
+            .for_service(&format!("{}/{}", service.namespace, service.name))?;
+        let backends: Vec<&Pod> = service.backends(cluster).collect();
+        let ports = service
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let target = match &p.target_port {
+                    TargetPort::Number(n) => Some(*n),
+                    TargetPort::Name(name) => {
+                        let resolved: BTreeSet<Option<u16>> = backends
+                            .iter()
+                            .map(|b| resolve(b, name, p.protocol).map(|r| r.first))
+                            .collect();
+                        match resolved.into_iter().collect::<Vec<_>>().as_slice() {
+                            [Some(n)] => Some(*n),
+                            _ => None,
+                        }
+                    }
+                }?;
+                Some(ServicePort {
+                    protocol: p.protocol,
+                    port: p.port,
+                    target_port: target,
+                })
+            })
+            .collect();
+        let backends = backends
+            .iter()
+            .flat_map(|pod| {
+                let id = pod_identities[&(pod.namespace.clone(), pod.name.clone())];
+                pod.ips.iter().map(move |ip| (ip.to_canonical(), id))
+            })
+            .collect();
+        Ok(Service {
+            identity,
+            cluster_ips: service.cluster_ips.clone(),
+            ports,
+            backends,
+        })
     }
 
     fn rule_id(&mut self, rule: RuleRef) -> u32 {
@@ -436,4 +497,80 @@ fn named_ports(pod: &Pod) -> String {
         .collect();
     named.sort();
     named.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::netpol::cluster::{ClusterServicePort, ContainerPort};
+
+    fn pod(name: &str, app: &str, ip: [u8; 4], http: u16) -> Pod {
+        Pod {
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: BTreeMap::from([("app".into(), app.into())]),
+            ips: vec![IpAddr::from(ip)],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: http,
+                protocol: Protocol::Tcp,
+            }],
+            node: "n".into(),
+        }
+    }
+
+    fn service(target: TargetPort) -> ClusterService {
+        ClusterService {
+            namespace: "shop".into(),
+            name: "web".into(),
+            selector: BTreeMap::from([("app".into(), "web".into())]),
+            cluster_ips: vec![IpAddr::from([10, 96, 0, 10])],
+            ports: vec![ClusterServicePort {
+                port: 80,
+                protocol: Protocol::Tcp,
+                target_port: target,
+            }],
+        }
+    }
+
+    fn compile(cluster: &Cluster) -> Compiled {
+        let default = |_: &Pod| DefaultAction::Allow;
+        Compiler::new(IdentityAllocator::default())
+            .compile(&Input {
+                cluster,
+                policies: &[],
+                node: "n",
+                default: &default,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_service_stands_for_its_backends_on_the_resolved_target_port() {
+        let mut cluster = Cluster {
+            pods: vec![
+                pod("web-1", "web", [10, 244, 0, 2], 8080),
+                pod("web-2", "web", [10, 244, 0, 3], 8080),
+                pod("db-1", "db", [10, 244, 0, 4], 8080),
+            ],
+            services: vec![service(TargetPort::Name("http".into()))],
+            ..Cluster::default()
+        };
+        let compiled = compile(&cluster);
+        let web = &compiled.services[0];
+        assert!(web.identity.is_service());
+        assert_eq!(web.ports[0].target_port, 8080);
+        let backends: BTreeSet<IpAddr> = web.backends.iter().map(|(ip, _)| *ip).collect();
+        assert_eq!(
+            backends,
+            BTreeSet::from([[10, 244, 0, 2].into(), [10, 244, 0, 3].into()])
+        );
+        // Backends that disagree on what `http` means: the port is left out (refused).
+        cluster.pods[1].ports[0].port = 9090;
+        assert!(compile(&cluster).services[0].ports.is_empty());
+        cluster.services = vec![service(TargetPort::Number(8443))];
+        assert_eq!(compile(&cluster).services[0].ports[0].target_port, 8443);
+    }
 }

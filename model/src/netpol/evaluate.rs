@@ -290,6 +290,7 @@ mod tests {
                 pod("y", "a", "web", [10, 244, 0, 3]),
             ],
             nodes: BTreeMap::from([("n".into(), vec![IpAddr::from([10, 0, 0, 1])])]),
+            services: vec![],
         }
     }
 
