@@ -580,6 +580,7 @@ externals:
                     "node": "palisade-t-node",
                 }],
                 "nodes": {"palisade-t-node": ["169.254.1.1", "fd00:10:244::1"]},
+                "services": [],
             })
         );
     }
