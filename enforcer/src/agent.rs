@@ -23,7 +23,7 @@ use crate::{
     },
     error::{Error, Result},
     names::Names,
-    policy_source::{PolicySource, SourceConfig},
+    policy_source::{PolicySource, Reload, SourceConfig},
 };
 
 pub struct AgentConfig {
@@ -63,10 +63,14 @@ pub async fn run(
     let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
     let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
+    let mut retry = false;
     if let Some(source) = &mut policy {
-        source.reload();
+        retry = source.reload() == Reload::Failed;
         namer.rules = source.rule_names();
     }
+    // A policy update that failed while writing is tried again this often.
+    let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if let Some(ready) = &config.ready_file {
         std::fs::write(ready, b"ready\n").map_err(|source| Error::Io {
             path: ready.clone(),
@@ -98,7 +102,13 @@ pub async fn run(
             changed = policy_changed(&mut policy) => {
                 changed?;
                 if let Some(source) = &mut policy {
-                    source.reload();
+                    retry = source.reload() == Reload::Failed;
+                    namer.rules = source.rule_names();
+                }
+            }
+            _ = retry_tick.tick(), if retry => {
+                if let Some(source) = &mut policy {
+                    retry = source.reload() == Reload::Failed;
                     namer.rules = source.rule_names();
                 }
             }

@@ -144,59 +144,83 @@ impl PolicySource {
     }
 
     /// Enforce what the source says now; report the outcome either way.
-    pub fn reload(&mut self) -> Option<Changes> {
+    pub fn reload(&mut self) -> Reload {
         let started = Instant::now();
-        let applied = match &mut self.kind {
+        // What the source says; nothing is written before all of it is checked.
+        let prepared = match &mut self.kind {
             Kind::NodeFile(path) => NodePolicy::load(path)
                 .and_then(|policy| policy.resolve(ifindex_of))
-                .and_then(|desired| self.writer.apply(&desired)),
+                .map(|desired| (desired, None)),
             Kind::NetworkPolicies {
-                config,
-                compiler,
-                rules,
-            } => compile_network_policies(config, compiler).and_then(|(desired, compiled)| {
-                let compiled_at = started.elapsed();
-                let changes = self.writer.apply(&desired)?;
-                tracing::debug!(
-                    compile_ms = compiled_at.as_secs_f64() * 1000.0,
-                    write_ms = (started.elapsed() - compiled_at).as_secs_f64() * 1000.0,
-                    "policy phases"
-                );
-                if let Some(path) = &config.identities {
-                    compiler
-                        .identities
-                        .save(path)
-                        .map_err(|e| Error::Policy(e.to_string()))?;
-                }
-                *rules = compiled
-                    .rules
-                    .iter()
-                    .map(|(id, r)| (*id, r.to_string()))
-                    .collect();
-                Ok(changes)
-            }),
+                config, compiler, ..
+            } => compile_network_policies(config, compiler)
+                .map(|(desired, compiled)| (desired, Some(compiled))),
         };
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        match applied {
-            Ok(changes) => {
-                info!(
-                    endpoints = changes.endpoints,
-                    writes = changes.writes,
-                    deletes = changes.deletes,
-                    ms = format!("{ms:.1}"),
-                    "policy applied"
-                );
-                Some(changes)
-            }
+        let (desired, compiled) = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 warn!(
                     error = %error_chain(&e),
                     "policy not applied; the last good policy stays enforced"
                 );
-                None
+                return Reload::Refused;
+            }
+        };
+        let compiled_at = started.elapsed();
+        let changes = match self.writer.apply(&desired) {
+            Ok(changes) => changes,
+            Err(e) => {
+                // Each endpoint's swap is atomic, but the update as a whole stopped part
+                // way: some endpoints enforce the new rules, some the old. Retried.
+                warn!(
+                    error = %error_chain(&e),
+                    "policy update failed while writing the maps; retrying"
+                );
+                return Reload::Failed;
+            }
+        };
+        if let (
+            Kind::NetworkPolicies {
+                config,
+                compiler,
+                rules,
+            },
+            Some(compiled),
+        ) = (&mut self.kind, compiled)
+        {
+            *rules = compiled
+                .rules
+                .iter()
+                .map(|(id, r)| (*id, r.to_string()))
+                .collect();
+            if let Some(path) = &config.identities
+                && let Err(e) = compiler.identities.save(path)
+            {
+                // Enforced all the same; a restart may renumber what is not saved.
+                warn!(error = %e, "identities not saved");
             }
         }
+        let ms = |d: std::time::Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        info!(
+            endpoints = changes.endpoints,
+            writes = changes.writes,
+            deletes = changes.deletes,
+            ms = ms(started.elapsed()),
+            compile_ms = ms(compiled_at),
+            "policy applied"
+        );
+        Reload::Applied(changes)
     }
+}
+
+/// How a [`PolicySource::reload`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    Applied(Changes),
+    /// The source is wrong (reported); the last good policy stays enforced.
+    Refused,
+    /// Writing the maps failed part way (reported); try again.
+    Failed,
 }
 
 /// Load, check and compile the NetworkPolicies for this node's pods.

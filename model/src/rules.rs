@@ -34,12 +34,16 @@ impl Peer {
         match self {
             Self::Any => true,
             Self::Identity(id) => *id == identity,
-            Self::Cidr { net, except } => {
-                let addr = addr.to_canonical();
-                net.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
-            }
+            Self::Cidr { net, except } => in_block(net, except, addr),
         }
     }
+}
+
+/// Is `addr` in `net` and in none of `except` (an `ipBlock`)? IPv4-mapped IPv6 addresses
+/// count as the IPv4 address they carry.
+pub fn in_block(net: &IpNet, except: &[IpNet], addr: IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    net.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
 }
 
 /// An inclusive port range (`port` .. `endPort`).

@@ -424,21 +424,28 @@ fn sync(
     generation: usize,
     wanted: &Entries,
 ) -> Result<Changes> {
+    // `have` follows every write as it succeeds: after a failure part-way (a full map),
+    // the writer still knows exactly what the generation holds, and the next update
+    // removes what it must.
     let have = &mut written.generations[generation];
     let mut changes = Changes::default();
-    for ((prefix, key), value) in wanted {
-        if have.get(&(*prefix, *key)) != Some(value) {
-            policy.set((*prefix, with_generation(*key, generation as u8)), *value)?;
+    for (key, value) in wanted {
+        if have.get(key) != Some(value) {
+            policy.set((key.0, with_generation(key.1, generation as u8)), *value)?;
+            have.insert(*key, *value);
             changes.writes += 1;
         }
     }
-    for (prefix, key) in have.keys() {
-        if !wanted.contains_key(&(*prefix, *key)) {
-            policy.remove(&(*prefix, with_generation(*key, generation as u8)))?;
-            changes.deletes += 1;
-        }
+    let stale: Vec<(u32, PolicyKey)> = have
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
+    for key in stale {
+        policy.remove(&(key.0, with_generation(key.1, generation as u8)))?;
+        have.remove(&key);
+        changes.deletes += 1;
     }
-    have.clone_from(wanted);
     Ok(changes)
 }
 
@@ -778,6 +785,70 @@ mod tests {
         assert_eq!(ports(&w, live), vec![443]);
         // The spare generation holds the final rules too (ready for the next change).
         assert_eq!(ports(&w, live ^ 1), vec![443]);
+    }
+
+    #[test]
+    fn a_write_failing_part_way_leaves_the_writer_knowing_what_is_there() {
+        let mut w = writer();
+        set(&mut w, &rules(80));
+        // The map "fills up" after one more entry.
+        let many = rules_with((1..=5).map(|p| rule(u32::from(p), 1000 + p)).collect());
+        let before = w.tables.policy.0.len();
+        let full = FullAfter {
+            inner: std::mem::take(&mut w.tables.policy),
+            room: before + 1,
+        };
+        let mut w = Writer {
+            tables: Tables {
+                endpoints: std::mem::take(&mut w.tables.endpoints),
+                ipcache: MemTable::default(),
+                cidrs: MemTable::default(),
+                policy: full,
+            },
+            written: std::mem::take(&mut w.written),
+            ipcache: HashMap::new(),
+            cidrs: HashMap::new(),
+            lock: None,
+        };
+        assert!(w.set_rules(IF, &many, &CidrIdentities::new(), &[]).is_err());
+        // Room again: the next update converges, and nothing unknown is left behind.
+        w.tables.policy.room = usize::MAX;
+        w.set_rules(IF, &rules(443), &CidrIdentities::new(), &[])
+            .unwrap();
+        let mut ports: Vec<(u8, u16)> = w
+            .tables
+            .policy
+            .inner
+            .0
+            .keys()
+            .map(|(_, k)| (k.generation, u16::from_be_bytes(k.port)))
+            .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, vec![(0, 443), (1, 443)]);
+    }
+
+    /// A table that refuses new keys past `room` entries, like a full BPF map.
+    struct FullAfter {
+        inner: MemTable<(u32, PolicyKey), PolicyValue>,
+        room: usize,
+    }
+
+    impl Table<(u32, PolicyKey), PolicyValue> for FullAfter {
+        fn get(&self, key: &(u32, PolicyKey)) -> Result<Option<PolicyValue>> {
+            self.inner.get(key)
+        }
+        fn set(&mut self, key: (u32, PolicyKey), value: PolicyValue) -> Result<()> {
+            if !self.inner.0.contains_key(&key) && self.inner.0.len() >= self.room {
+                return Err(Error::Policy("map full".into()));
+            }
+            self.inner.set(key, value)
+        }
+        fn remove(&mut self, key: &(u32, PolicyKey)) -> Result<bool> {
+            self.inner.remove(key)
+        }
+        fn entries(&self) -> Result<Vec<((u32, PolicyKey), PolicyValue)>> {
+            self.inner.entries()
+        }
     }
 
     #[test]

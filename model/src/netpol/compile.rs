@@ -29,11 +29,12 @@ use super::{
     cluster::{Cluster, ClusterService, Pod, TargetPort},
     evaluate::{DefaultAction, RuleRef},
     policy::{Policy, PolicyPeer, PolicyPort, PortSpec},
+    selector::Labels,
 };
 use crate::{
     Direction, Protocol,
     identity::{Identity, IdentityAllocator, IdentityError, LabelSet, NOISE_LABELS},
-    rules::{EndpointRules, Isolation, Peer, PortRange, Rule, Service, ServicePort},
+    rules::{EndpointRules, Isolation, Peer, PortRange, Rule, Service, ServicePort, in_block},
 };
 
 /// The label that tells apart pods whose label sets are equal but whose named container
@@ -160,7 +161,7 @@ impl Compiler {
         direction: Direction,
         out: &mut Vec<Rule>,
     ) -> Isolation {
-        let mut selected = false;
+        let mut isolated = false;
         for policy in input
             .policies
             .iter()
@@ -169,7 +170,7 @@ impl Compiler {
             let Some(rules) = policy.rules(direction) else {
                 continue;
             };
-            selected = true;
+            isolated = true;
             for (index, rule) in rules.iter().enumerate() {
                 let id = self.rule_id(RuleRef {
                     namespace: policy.name.namespace.clone(),
@@ -195,7 +196,7 @@ impl Compiler {
                 }
             }
         }
-        match (selected, (input.default)(pod)) {
+        match (isolated, (input.default)(pod)) {
             (true, _) | (false, DefaultAction::Deny) => Isolation::Isolated,
             (false, DefaultAction::Allow) => Isolation::Open,
         }
@@ -280,6 +281,8 @@ struct PeerIndex<'a> {
     members: BTreeMap<Identity, Vec<&'a Pod>>,
     /// By the peer's address (the policies outlive the compilation).
     selected: HashMap<usize, Vec<Target>>,
+    /// Each namespace's labels (as selectors see them), built once.
+    namespace_labels: HashMap<&'a str, Labels>,
 }
 
 impl<'a> PeerIndex<'a> {
@@ -288,10 +291,17 @@ impl<'a> PeerIndex<'a> {
         members: BTreeMap<Identity, Vec<&'a Pod>>,
         policies: &[Policy],
     ) -> Self {
+        let namespace_labels = cluster
+            .pods
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .map(|ns| (ns, cluster.namespace_labels(ns)))
+            .collect();
         let mut index = Self {
             cluster,
             members,
             selected: HashMap::new(),
+            namespace_labels,
         };
         for policy in policies {
             let rules = [&policy.ingress, &policy.egress]
@@ -316,16 +326,13 @@ impl<'a> PeerIndex<'a> {
                 net: *net,
                 except: except.clone(),
             }],
-            PolicyPeer::Pods { pods, namespaces } => self
+            PolicyPeer::Pods { .. } => self
                 .members
                 .iter()
                 .filter(|(_, members)| {
                     let pod = members[0];
-                    let namespace_ok = match namespaces {
-                        None => pod.namespace == policy.name.namespace,
-                        Some(s) => s.matches(&self.cluster.namespace_labels(&pod.namespace)),
-                    };
-                    namespace_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+                    let labels = &self.namespace_labels[pod.namespace.as_str()];
+                    peer.selects_pod(&policy.name.namespace, pod, labels)
                 })
                 .map(|(id, _)| Target::Identity(*id))
                 .collect(),
@@ -425,7 +432,7 @@ fn egress_named(
             .iter()
             .filter_map(|pod| resolve(pod, name, protocol).map(|n| (pod, n)))
             .flat_map(|(pod, n)| pod.ips.iter().map(move |ip| (ip.to_canonical(), n)))
-            .filter(|(ip, _)| net.contains(ip) && !except.iter().any(|e| e.contains(ip)))
+            .filter(|(ip, _)| in_block(net, except, *ip))
             .map(|(ip, n)| {
                 let host = IpNet::from(ip);
                 (

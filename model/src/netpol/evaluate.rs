@@ -215,22 +215,11 @@ impl<'a> Evaluator<'a> {
         peer_addr: IpAddr,
         peer: Option<&Pod>,
     ) -> bool {
-        match selector {
-            PolicyPeer::Block { net, except } => {
-                let addr = peer_addr.to_canonical();
-                net.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
-            }
-            PolicyPeer::Pods { pods, namespaces } => {
-                let Some(peer) = peer else {
-                    return false;
-                };
-                let namespace_ok = match namespaces {
-                    None => peer.namespace == policy.name.namespace,
-                    Some(s) => s.matches(&self.cluster.namespace_labels(&peer.namespace)),
-                };
-                namespace_ok && pods.as_ref().is_none_or(|s| s.matches(&peer.labels))
-            }
-        }
+        selector.covers(peer_addr)
+            || peer.is_some_and(|pod| {
+                let labels = self.cluster.namespace_labels(&pod.namespace);
+                selector.selects_pod(&policy.name.namespace, pod, &labels)
+            })
     }
 }
 
@@ -410,6 +399,28 @@ mod tests {
         assert_eq!(decision.egress, Side::Allowed(vec![rule.clone()]));
         assert_eq!(rule.to_string(), "x/out egress[1]");
         assert_eq!(decision.ingress, Side::NotAPod);
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_server_defaults_them() {
+        // An empty policyTypes is not given: Ingress (and Egress only with egress rules).
+        let empty_types = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, policyTypes: []}\n",
+        );
+        assert!(!allowed(&empty_types, DefaultAction::Allow, XB, XA, 80));
+        assert!(allowed(&empty_types, DefaultAction::Allow, XA, WORLD, 80));
+        // An empty egress list is no egress rule: egress stays open.
+        let empty_egress = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: []}\n",
+        );
+        assert!(allowed(&empty_egress, DefaultAction::Allow, XA, WORLD, 80));
+        assert!(!allowed(&empty_egress, DefaultAction::Allow, YA, XA, 80));
+        // One egress rule makes it Ingress and Egress.
+        let one_egress = policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: 53, protocol: UDP}]}]}\n",
+        );
+        assert!(!allowed(&one_egress, DefaultAction::Allow, XA, WORLD, 80));
+        assert!(!allowed(&one_egress, DefaultAction::Allow, YA, XA, 80));
     }
 
     #[test]

@@ -2,14 +2,22 @@
 //! CIDRs parsed, defaults applied (protocol TCP, `policyTypes`), so the evaluator and the
 //! compiler read one unambiguous thing. Nothing is compiled or merged here.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 use k8s_openapi::{
     api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::selector::Selector;
-use crate::{Direction, Protocol, rules::PortRange};
+use super::{
+    cluster::Pod,
+    selector::{Labels, Selector},
+};
+use crate::{
+    Direction, Protocol,
+    rules::{PortRange, in_block},
+};
 
 /// A policy's namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,6 +80,36 @@ pub enum PortSpec {
     Named(String),
 }
 
+impl PolicyPeer {
+    /// Does this peer of a policy in `policy_namespace` select `pod`, whose namespace has
+    /// `namespace_labels`? (An `ipBlock` selects addresses, not pods: see [`Self::covers`].)
+    pub fn selects_pod(
+        &self,
+        policy_namespace: &str,
+        pod: &Pod,
+        namespace_labels: &Labels,
+    ) -> bool {
+        match self {
+            Self::Block { .. } => false,
+            Self::Pods { pods, namespaces } => {
+                let namespace_ok = match namespaces {
+                    None => pod.namespace == policy_namespace,
+                    Some(s) => s.matches(namespace_labels),
+                };
+                namespace_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+        }
+    }
+
+    /// Is `addr` inside this `ipBlock` (and outside its excepts)? Never for selectors.
+    pub fn covers(&self, addr: IpAddr) -> bool {
+        match self {
+            Self::Block { net, except } => in_block(net, except, addr),
+            Self::Pods { .. } => false,
+        }
+    }
+}
+
 impl Policy {
     /// The typed form of a policy the API server would accept (see `validate`); what it
     /// would refuse is an error here too, never a guess.
@@ -93,41 +131,30 @@ impl Policy {
             Some(s) => Selector::from_k8s(s).map_err(|e| format!("spec.podSelector: {e}"))?,
             None => Selector::everything(),
         };
-        // policyTypes defaults: Ingress always; Egress when there are egress rules.
-        let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
-            let mut t = vec!["Ingress".to_owned()];
-            if spec.egress.is_some() {
-                t.push("Egress".to_owned());
+        // policyTypes, when not given (missing or empty, as the API server's defaulting
+        // reads it): Ingress always, Egress when there is at least one egress rule.
+        let types: Vec<&str> = match spec.policy_types.as_deref() {
+            Some(types) if !types.is_empty() => types.iter().map(String::as_str).collect(),
+            _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                vec!["Ingress", "Egress"]
             }
-            t
-        });
-        let ingress = types.iter().any(|t| t == "Ingress").then(|| {
-            spec.ingress
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, r)| {
-                    rule(r.from.as_deref(), r.ports.as_deref())
-                        .map_err(|e| format!("spec.ingress[{i}].{e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        });
-        let egress = types.iter().any(|t| t == "Egress").then(|| {
-            spec.egress
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, r)| {
-                    rule(r.to.as_deref(), r.ports.as_deref())
-                        .map_err(|e| format!("spec.egress[{i}].{e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        });
+            _ => vec!["Ingress"],
+        };
+        let ingress_rules = spec.ingress.iter().flatten().map(|r| (&r.from, &r.ports));
+        let egress_rules = spec.egress.iter().flatten().map(|r| (&r.to, &r.ports));
+        let ingress = types
+            .contains(&"Ingress")
+            .then(|| rules("spec.ingress", ingress_rules))
+            .transpose()?;
+        let egress = types
+            .contains(&"Egress")
+            .then(|| rules("spec.egress", egress_rules))
+            .transpose()?;
         Ok(Self {
             name,
             pod_selector,
-            ingress: ingress.transpose()?,
-            egress: egress.transpose()?,
+            ingress,
+            egress,
         })
     }
 
@@ -168,6 +195,23 @@ impl Policy {
                 PolicyPeer::Pods { .. } => Vec::new(),
             })
     }
+}
+
+/// The rules of one direction: `(peers, ports)` of each, in order.
+fn rules<'a>(
+    field: &str,
+    list: impl Iterator<
+        Item = (
+            &'a Option<Vec<NetworkPolicyPeer>>,
+            &'a Option<Vec<NetworkPolicyPort>>,
+        ),
+    >,
+) -> Result<Vec<PolicyRule>, String> {
+    list.enumerate()
+        .map(|(i, (peers, ports))| {
+            rule(peers.as_deref(), ports.as_deref()).map_err(|e| format!("{field}[{i}].{e}"))
+        })
+        .collect()
 }
 
 fn rule(
