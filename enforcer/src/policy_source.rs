@@ -194,6 +194,7 @@ impl PolicySource {
                 .map(|(id, r)| (*id, r.to_string()))
                 .collect();
             if let Some(path) = &config.identities
+                && compiler.identities.take_unsaved()
                 && let Err(e) = compiler.identities.save(path)
             {
                 // Enforced all the same; a restart may renumber what is not saved.

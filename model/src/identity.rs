@@ -169,6 +169,9 @@ pub struct IdentityAllocator {
     next_label: Option<u32>,
     #[serde(skip)]
     next_cidr: Option<u32>,
+    /// Something was allocated since the last [`Self::take_unsaved`].
+    #[serde(skip)]
+    unsaved: bool,
 }
 
 impl IdentityAllocator {
@@ -239,6 +242,7 @@ impl IdentityAllocator {
         }
         let id = Identity(next);
         self.next_label = Some(next + 1);
+        self.unsaved = true;
         self.labels.push((labels.clone(), id));
         self.by_labels.insert(labels.clone(), id);
         Ok(id)
@@ -263,6 +267,7 @@ impl IdentityAllocator {
         }
         let id = Identity(next);
         self.next_cidr = Some(next + 1);
+        self.unsaved = true;
         self.cidrs.push((net, id));
         self.by_cidr.insert(net, id);
         Ok(id)
@@ -284,7 +289,13 @@ impl IdentityAllocator {
         }
         let id = Identity(next);
         self.services.push((service.to_owned(), id));
+        self.unsaved = true;
         Ok(id)
+    }
+
+    /// Whether identities were allocated since the last call (the table needs saving).
+    pub fn take_unsaved(&mut self) -> bool {
+        std::mem::take(&mut self.unsaved)
     }
 
     /// The labels behind an identity, if it is a label identity of this table.
