@@ -68,7 +68,6 @@ cat >"$OUT/names.json" <<EOF
 {"interfaces": {"$CLIENT_IF": "bench/client", "$SERVER_IF": "bench/server"}}
 EOF
 WATCHED="$OUT/cluster.json"
-AGENT_LOG="$OUT/agent.log"
 cluster() { # OUT PODS ROLE
     "$PYTHON" "$NETBENCH" cluster --out "$1" --pods "$2" --client-role "$3" \
         --client-ip "$CLIENT_IP" --server-ip "$SERVER_IP" --client-ip6 "$CLIENT_IP6" \
@@ -76,31 +75,8 @@ cluster() { # OUT PODS ROLE
 }
 first_size=${SIZES%% *}
 cluster "$WATCHED" "$first_size" a
-timeout $(((CHANGES + CONTROL) * 40 + 900)) "$PALISADE" agent "${NODE[@]}" \
-    --policy-dir "$OUT/policies" --cluster "$WATCHED" --names "$OUT/names.json" \
-    --node-name bench-node --output /dev/null --stats-interval 0 \
-    --ready-file "$OUT/agent.ready" 2>"$AGENT_LOG" &
-BG_PIDS+=($!)
-for _ in $(seq 100); do [[ -e "$OUT/agent.ready" ]] && break; sleep 0.1; done
-[[ -e "$OUT/agent.ready" ]] || die "agent not ready: see $AGENT_LOG"
-"$PALISADE" attach "${NODE[@]}" --iface "$CLIENT_IF" --ipv4 "$CLIENT_IP" --ipv6 "$CLIENT_IP6" --mode enforce
-"$PALISADE" attach "${NODE[@]}" --iface "$SERVER_IF" --ipv4 "$SERVER_IP" --ipv6 "$SERVER_IP6" --mode enforce
-applied() { grep -c "policy applied" "$AGENT_LOG" || true; }
-# wait_applied N: until the agent has applied more than N times (bounded).
-wait_applied() {
-    local _
-    for _ in $(seq 600); do
-        (($(applied) > $1)) && return 0
-        sleep 0.05
-    done
-    die "the agent applied nothing new in 30 s: see $AGENT_LOG"
-}
-# agent_ms FIRST: the agent's milliseconds of applies FIRST.. FIRST+CHANGES-1.
-agent_ms() {
-    awk -v first="$1" -v n="$CHANGES" '/policy applied/ {
-        k++; if (k >= first && k < first + n) { match($0, /ms="?[0-9.]+/); print substr($0, RSTART + 3, RLENGTH - 3) }
-    }' "$AGENT_LOG" | tr -d '"'
-}
+start_policy_agent $(((CHANGES + CONTROL) * 40 + 900)) --policy-dir "$OUT/policies" \
+    --cluster "$WATCHED" --names "$OUT/names.json" --node-name bench-node
 
 BOUND=$(((CHANGES + CONTROL) * 20 * 2 + 600))
 start_in "$SERVER_NS" "$BOUND" "$OUT/accept-server.log" \
@@ -125,7 +101,7 @@ for pods in $SIZES; do
         --changes "$CHANGES" --two-step "$CONTROL" --cpu "$CPU" --settle 0.5 \
         >"$OUT/$label.json" 2>"$OUT/$label.log" || die "prober failed: see $OUT/$label.log"
     sleep 0.5
-    agent_ms "$first" >"$OUT/$label-agent-ms.txt"
+    agent_ms "$first" "$CHANGES" >"$OUT/$label-agent-ms.txt"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 

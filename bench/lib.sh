@@ -174,3 +174,48 @@ machine_description() {
         echo "python: $("$PYTHON" --version 2>&1)"
     } >"$1"
 }
+
+# --- an agent of the benchmark's own, owning the policy --------------------------------
+
+# start_policy_agent SECONDS AGENT_ARGS...: start `palisade agent` on the lab's node with
+# AGENT_ARGS (its policy source), bounded by SECONDS, logging to $AGENT_LOG; wait until it
+# is ready, then attach the client and server pods in enforce mode. Sets AGENT_LOG.
+start_policy_agent() {
+    local seconds=$1
+    shift
+    AGENT_LOG="$OUT/agent.log"
+    timeout "$seconds" "$PALISADE" agent "${NODE[@]}" "$@" --output /dev/null \
+        --stats-interval 0 --ready-file "$OUT/agent.ready" 2>"$AGENT_LOG" &
+    BG_PIDS+=($!)
+    local _
+    for _ in $(seq 100); do [[ -e "$OUT/agent.ready" ]] && break; sleep 0.1; done
+    [[ -e "$OUT/agent.ready" ]] || die "agent not ready: see $AGENT_LOG"
+    "$PALISADE" attach "${NODE[@]}" --iface "$CLIENT_IF" --ipv4 "$CLIENT_IP" \
+        --ipv6 "$CLIENT_IP6" --mode enforce
+    "$PALISADE" attach "${NODE[@]}" --iface "$SERVER_IF" --ipv4 "$SERVER_IP" \
+        --ipv6 "$SERVER_IP6" --mode enforce
+}
+
+# How many times the agent has logged "policy applied".
+applied() { grep -c "policy applied" "$AGENT_LOG" || true; }
+
+# wait_applied N: until the agent has applied more than N times (bounded).
+wait_applied() {
+    local _
+    for _ in $(seq 600); do
+        (($(applied) > $1)) && return 0
+        sleep 0.05
+    done
+    die "the agent applied nothing new in 30 s: see $AGENT_LOG"
+}
+
+# agent_ms FIRST N: the agent's milliseconds for its applies number FIRST .. FIRST+N-1.
+agent_ms() {
+    awk -v first="$1" -v n="$2" '/policy applied/ {
+        k++
+        if (k >= first && k < first + n) {
+            match($0, / ms="?[0-9.]+/)
+            print substr($0, RSTART + 4, RLENGTH - 4)
+        }
+    }' "$AGENT_LOG" | tr -d '"'
+}

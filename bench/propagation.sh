@@ -61,25 +61,15 @@ say "results in $OUT"
 # The agent, started here (the lab's own agent does not watch a policy file), then the
 # two pods attached with their addresses.
 WATCHED="$OUT/watched.json"
-AGENT_LOG="$OUT/agent.log"
-timeout $((CHANGES * 40 + BULK * 40 + 1200)) "$PALISADE" agent "${NODE[@]}" \
-    --policy "$WATCHED" --output /dev/null --stats-interval 0 --ready-file "$OUT/agent.ready" \
-    2>"$AGENT_LOG" &
-BG_PIDS+=($!)
-for _ in $(seq 100); do [[ -e "$OUT/agent.ready" ]] && break; sleep 0.1; done
-[[ -e "$OUT/agent.ready" ]] || die "agent not ready: see $AGENT_LOG"
-"$PALISADE" attach "${NODE[@]}" --iface "$CLIENT_IF" --ipv4 "$CLIENT_IP" --ipv6 "$CLIENT_IP6" --mode enforce
-"$PALISADE" attach "${NODE[@]}" --iface "$SERVER_IF" --ipv4 "$SERVER_IP" --ipv6 "$SERVER_IP6" --mode enforce
-applied() { grep -c "policy applied" "$AGENT_LOG" || true; }
+start_policy_agent $((CHANGES * 40 + BULK * 40 + 1200)) --policy "$WATCHED"
 # set_policy FILE: rename a copy over the watched file; wait until the agent applied it;
 # print the agent's milliseconds.
 set_policy() {
     local before
     before=$(applied)
     cp "$1" "$WATCHED.staged" && mv "$WATCHED.staged" "$WATCHED"
-    for _ in $(seq 600); do (($(applied) > before)) && break; sleep 0.05; done
-    (($(applied) > before)) || die "the agent did not apply $1: see $AGENT_LOG"
-    grep "policy applied" "$AGENT_LOG" | tail -1 | sed -E 's/.*ms="?([0-9.]+)"?.*/\1/'
+    wait_applied "$before"
+    agent_ms "$(applied)" 1
 }
 
 BOUND=$((CHANGES * 20 + BULK * 20 + 600))
@@ -116,8 +106,7 @@ change_run() { # LABEL FILLER
         || die "prober failed: see $OUT/$label.log"
     sleep 0.5
     # The agent's time for each change (the prober's first file is already in place).
-    grep "policy applied" "$AGENT_LOG" | tail -n +"$first" \
-        | head -n "$CHANGES" | sed -E 's/.*ms="?([0-9.]+)"?.*/\1/' >"$OUT/$label-agent-ms.txt"
+    agent_ms "$first" "$CHANGES" >"$OUT/$label-agent-ms.txt"
 }
 change_run "rules$((RULES))" $((RULES - 1))
 change_run rules10 9
