@@ -73,12 +73,17 @@ pub struct PolicySource {
 
 enum Kind {
     NodeFile(PathBuf),
-    NetworkPolicies {
-        config: NetworkPolicyConfig,
-        compiler: Box<Compiler>,
-        /// Rule id -> `namespace/policy direction[index]`, of the last good compilation.
-        rules: BTreeMap<u32, String>,
-    },
+    NetworkPolicies(Box<NetworkPolicyState>),
+}
+
+/// What a NetworkPolicy source keeps between reloads.
+struct NetworkPolicyState {
+    config: NetworkPolicyConfig,
+    compiler: Compiler,
+    /// Rule id -> `namespace/policy direction[index]`, of the last good compilation.
+    rules: BTreeMap<u32, String>,
+    /// The policies and cluster last applied.
+    last: Option<(Vec<Policy>, Cluster)>,
 }
 
 impl PolicySource {
@@ -102,11 +107,12 @@ impl PolicySource {
                     FileWatch::new(&config.cluster)?,
                     FileWatch::new(&config.names)?,
                 ];
-                let kind = Kind::NetworkPolicies {
+                let kind = Kind::NetworkPolicies(Box::new(NetworkPolicyState {
                     config,
-                    compiler: Box::new(Compiler::new(identities)),
+                    compiler: Compiler::new(identities),
                     rules: BTreeMap::new(),
-                };
+                    last: None,
+                }));
                 (kind, watches)
             }
         };
@@ -139,7 +145,7 @@ impl PolicySource {
     pub fn rule_names(&self) -> BTreeMap<u32, String> {
         match &self.kind {
             Kind::NodeFile(_) => BTreeMap::new(),
-            Kind::NetworkPolicies { rules, .. } => rules.clone(),
+            Kind::NetworkPolicies(state) => state.rules.clone(),
         }
     }
 
@@ -150,13 +156,20 @@ impl PolicySource {
         let prepared = match &mut self.kind {
             Kind::NodeFile(path) => NodePolicy::load(path)
                 .and_then(|policy| policy.resolve(ifindex_of))
-                .map(|desired| (desired, None)),
-            Kind::NetworkPolicies {
-                config, compiler, ..
-            } => compile_network_policies(config, compiler)
-                .map(|(desired, compiled)| (desired, Some(compiled))),
+                .map(|desired| Prepared {
+                    steps: vec![desired],
+                    compiled: None,
+                    inputs: None,
+                }),
+            Kind::NetworkPolicies(state) => {
+                prepare_network_policies(&state.config, &mut state.compiler, state.last.as_ref())
+            }
         };
-        let (desired, compiled) = match prepared {
+        let Prepared {
+            steps,
+            compiled,
+            inputs,
+        } = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
                 warn!(
@@ -167,7 +180,13 @@ impl PolicySource {
             }
         };
         let compiled_at = started.elapsed();
-        let changes = match self.writer.apply(&desired) {
+        let applied = steps
+            .iter()
+            .try_fold(Changes::default(), |mut total, desired| {
+                total.add(self.writer.apply(desired)?);
+                Ok::<_, Error>(total)
+            });
+        let changes = match applied {
             Ok(changes) => changes,
             Err(e) => {
                 // Each endpoint's swap is atomic, but the update as a whole stopped part
@@ -179,23 +198,16 @@ impl PolicySource {
                 return Reload::Failed;
             }
         };
-        if let (
-            Kind::NetworkPolicies {
-                config,
-                compiler,
-                rules,
-            },
-            Some(compiled),
-        ) = (&mut self.kind, compiled)
-        {
-            *rules = compiled
+        if let (Kind::NetworkPolicies(state), Some(compiled)) = (&mut self.kind, compiled) {
+            state.last = inputs;
+            state.rules = compiled
                 .rules
                 .iter()
                 .map(|(id, r)| (*id, r.to_string()))
                 .collect();
-            if let Some(path) = &config.identities
-                && compiler.identities.take_unsaved()
-                && let Err(e) = compiler.identities.save(path)
+            if let Some(path) = &state.config.identities
+                && state.compiler.identities.take_unsaved()
+                && let Err(e) = state.compiler.identities.save(path)
             {
                 // Enforced all the same; a restart may renumber what is not saved.
                 warn!(error = %e, "identities not saved");
@@ -224,11 +236,23 @@ pub enum Reload {
     Failed,
 }
 
-/// Load, check and compile the NetworkPolicies for this node's pods.
-fn compile_network_policies(
+/// What a reload writes: one or more [`Desired`] states in order, the compilation behind
+/// the last, and the inputs it came from.
+struct Prepared {
+    steps: Vec<Desired>,
+    compiled: Option<Compiled>,
+    inputs: Option<(Vec<Policy>, Cluster)>,
+}
+
+/// Load, check and compile the NetworkPolicies for this node's pods. When both the
+/// policies and the cluster changed since `last`, the labels move first, under the old
+/// policies, and the policies change after: a connection is never judged by a mix of an
+/// old identity's old rules and a new identity's new ones (see the writer's docs).
+fn prepare_network_policies(
     config: &NetworkPolicyConfig,
     compiler: &mut Compiler,
-) -> Result<(Desired, Compiled)> {
+    last: Option<&(Vec<Policy>, Cluster)>,
+) -> Result<Prepared> {
     let started = Instant::now();
     let loaded = load::load_dir(&config.dir).map_err(|e| Error::Policy(e.to_string()))?;
     let policies = loaded
@@ -246,22 +270,47 @@ fn compile_network_policies(
     let cluster = load_cluster(&config.cluster)?;
     let names = Names::load(&config.names)?;
     let loaded_at = started.elapsed();
-    let default = |pod: &Pod| pod_default(&cluster, pod, config.default);
-    let compiled = compiler
-        .compile(&Input {
-            cluster: &cluster,
-            policies: &policies,
-            node: &config.node,
-            default: &default,
-        })
-        .map_err(|e| Error::Policy(e.to_string()))?;
+    let mut steps = Vec::new();
+    if let Some((old_policies, old_cluster)) = last
+        && *old_policies != policies
+        && *old_cluster != cluster
+    {
+        steps.push(desired_for(config, compiler, old_policies, &cluster, &names)?.0);
+    }
+    let (desired, compiled) = desired_for(config, compiler, &policies, &cluster, &names)?;
+    steps.push(desired);
     tracing::debug!(
         read_ms = loaded_at.as_secs_f64() * 1000.0,
         compile_ms = (started.elapsed() - loaded_at).as_secs_f64() * 1000.0,
         pods = cluster.pods.len(),
         policies = policies.len(),
+        steps = steps.len(),
         "policy compiled"
     );
+    Ok(Prepared {
+        steps,
+        compiled: Some(compiled),
+        inputs: Some((policies, cluster)),
+    })
+}
+
+/// `policies` compiled over `cluster` for this node's pods, by interface.
+fn desired_for(
+    config: &NetworkPolicyConfig,
+    compiler: &mut Compiler,
+    policies: &[Policy],
+    cluster: &Cluster,
+    names: &Names,
+) -> Result<(Desired, Compiled)> {
+    let default = |pod: &Pod| pod_default(cluster, pod, config.default);
+    let compiled = compiler
+        .compile(&Input {
+            cluster,
+            policies,
+            node: &config.node,
+            default: &default,
+        })
+        .map_err(|e| Error::Policy(e.to_string()))?;
     let interfaces: BTreeMap<&str, &str> = names
         .interfaces
         .iter()
@@ -325,4 +374,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: a}}}]}]\n";
+
+    fn config(dir: &Path) -> NetworkPolicyConfig {
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/web.yaml"), POLICY).unwrap();
+        std::fs::write(dir.join("names.json"), "{}").unwrap();
+        NetworkPolicyConfig {
+            dir: dir.join("policies"),
+            cluster: dir.join("cluster.json"),
+            names: dir.join("names.json"),
+            node: "n".into(),
+            default: DefaultAction::Allow,
+            identities: None,
+        }
+    }
+
+    fn write_cluster(config: &NetworkPolicyConfig, role: &str) -> Cluster {
+        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+            "pods": [{"namespace": "t", "name": "c", "labels": {"role": role}, "node": "n",
+                      "ips": ["10.244.0.9"]}],
+        }))
+        .unwrap();
+        std::fs::write(&config.cluster, serde_json::to_string(&cluster).unwrap()).unwrap();
+        cluster
+    }
+
+    #[test]
+    fn labels_move_under_the_old_policies_before_the_policies_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut compiler = Compiler::default();
+        let before = write_cluster(&config, "a");
+        let first = prepare_network_policies(&config, &mut compiler, None).unwrap();
+        assert_eq!(first.steps.len(), 1);
+        let last = first.inputs.unwrap();
+        assert_eq!(last.1, before);
+
+        // Only the cluster changed: one step.
+        write_cluster(&config, "b");
+        let labels_only = prepare_network_policies(&config, &mut compiler, Some(&last)).unwrap();
+        assert_eq!(labels_only.steps.len(), 1);
+
+        // Both changed: the old policies over the new cluster first, then the new ones.
+        std::fs::write(
+            config.dir.join("web.yaml"),
+            POLICY.replace("role: a", "role: b"),
+        )
+        .unwrap();
+        let both = prepare_network_policies(&config, &mut compiler, Some(&last)).unwrap();
+        assert_eq!(both.steps.len(), 2);
+        // The address of c moved to its new identity in both steps.
+        let c: std::net::IpAddr = "10.244.0.9".parse().unwrap();
+        assert_eq!(both.steps[0].ipcache[&c], both.steps[1].ipcache[&c]);
+        assert_ne!(both.steps[0].ipcache[&c], first.steps[0].ipcache[&c]);
+    }
 }

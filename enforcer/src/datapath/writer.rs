@@ -88,7 +88,8 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn add(&mut self, other: Changes) {
+    /// Count `other` in too.
+    pub fn add(&mut self, other: Changes) {
         self.endpoints += other.endpoints;
         self.writes += other.writes;
         self.deletes += other.deletes;
