@@ -44,6 +44,8 @@ pub enum Reason {
     Unclassified = 7,
     /// A later IP fragment whose first fragment was not allowed (or not seen).
     Fragment = 8,
+    /// The pod reaching itself (through a Service of its own): never blocked.
+    Itself = 9,
 }
 
 impl Reason {
@@ -57,6 +59,7 @@ impl Reason {
             6 => Some(Self::Spoofed),
             7 => Some(Self::Unclassified),
             8 => Some(Self::Fragment),
+            9 => Some(Self::Itself),
             _ => None,
         }
     }

@@ -620,6 +620,11 @@ fn judgment_of(here: &Here, key: &ConntrackKey, family: u8, direction: Direction
     if known == Some(identity::HOST) {
         return allow(Reason::Host, 0, identity::HOST);
     }
+    // A pod cannot block itself (Kubernetes): it meets itself here through a Service of its
+    // own, after the node's DNAT.
+    if key.peer_addr == key.pod_addr {
+        return allow(Reason::Itself, 0, ep.identity);
+    }
     let service = cached.is_some_and(|v| v.flags & ipcache_flags::SERVICE != 0);
     let policy = match direction {
         Direction::Egress => ep.egress_policy,

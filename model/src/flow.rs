@@ -107,6 +107,8 @@ pub enum Reason {
     Unclassified,
     /// A later IP fragment without an allowed first fragment.
     Fragment,
+    /// The pod reaching itself (through a Service of its own): never blocked.
+    Itself,
 }
 
 /// Why this record was written.

@@ -203,6 +203,8 @@ pub enum Evaluation {
     Rules(Vec<u32>),
     /// Isolated and no rule allows it.
     Denied,
+    /// The pod reaching itself (through a Service of its own): never blocked.
+    Itself,
 }
 
 impl Evaluation {
@@ -290,13 +292,26 @@ impl Service {
     /// backend is chosen after the datapath runs, so the connection is allowed only when
     /// every backend would be (backends of one Service nearly always share an identity; a
     /// Service whose backends are judged differently is refused rather than let through to
-    /// a backend the rules deny). No backends: nothing to allow.
-    pub fn evaluate(&self, rules: &EndpointRules, port: &ServicePort) -> Evaluation {
+    /// a backend the rules deny). No backends: nothing to allow. A backend at one of `own`
+    /// (the endpoint's own addresses) is the pod reaching itself, which Kubernetes never
+    /// blocks.
+    pub fn evaluate(
+        &self,
+        rules: &EndpointRules,
+        port: &ServicePort,
+        own: &[IpAddr],
+    ) -> Evaluation {
         if rules.egress == Isolation::Open {
             return Evaluation::Open;
         }
+        let is_own = |addr: &IpAddr| own.iter().any(|o| o.to_canonical() == addr.to_canonical());
+        let others: Vec<&(IpAddr, Identity)> =
+            self.backends.iter().filter(|(a, _)| !is_own(a)).collect();
+        if others.is_empty() && others.len() < self.backends.len() {
+            return Evaluation::Itself;
+        }
         let mut all = Vec::new();
-        for (addr, identity) in &self.backends {
+        for (addr, identity) in others {
             let c = Connection {
                 direction: Direction::Egress,
                 peer_addr: *addr,
@@ -593,7 +608,7 @@ mod tests {
         let svc = service(vec![("10.244.0.3", DB), ("10.244.0.4", DB)]);
         let port = svc.ports[0];
         assert_eq!(
-            svc.evaluate(&allow_db_8080, &port),
+            svc.evaluate(&allow_db_8080, &port, &[]),
             Evaluation::Rules(vec![5])
         );
         // A rule for the Service port, not the target port, allows nothing.
@@ -604,13 +619,27 @@ mod tests {
             Some(Protocol::Tcp),
             Some((80, 80)),
         )]);
-        assert_eq!(svc.evaluate(&allow_db_80, &port), Evaluation::Denied);
+        assert_eq!(svc.evaluate(&allow_db_80, &port, &[]), Evaluation::Denied);
         // One backend the rules deny: refused.
         let mixed = service(vec![("10.244.0.3", DB), ("10.244.0.5", WEB)]);
-        assert_eq!(mixed.evaluate(&allow_db_8080, &port), Evaluation::Denied);
         assert_eq!(
-            service(vec![]).evaluate(&allow_db_8080, &port),
+            mixed.evaluate(&allow_db_8080, &port, &[]),
             Evaluation::Denied
+        );
+        assert_eq!(
+            service(vec![]).evaluate(&allow_db_8080, &port, &[]),
+            Evaluation::Denied
+        );
+        // The endpoint itself among the backends: never blocked; the others still count.
+        let me: IpAddr = "10.244.0.5".parse().unwrap();
+        assert_eq!(
+            mixed.evaluate(&allow_db_8080, &port, &[me]),
+            Evaluation::Rules(vec![5])
+        );
+        let only_me = service(vec![("10.244.0.5", WEB)]);
+        assert_eq!(
+            only_me.evaluate(&allow_db_80, &port, &[me]),
+            Evaluation::Itself
         );
     }
 

@@ -288,7 +288,7 @@ fn compiled_side(
         server_port: q.port,
     };
     Some(match rules.evaluate(&c) {
-        Evaluation::Open | Evaluation::Host => Ok(BTreeSet::new()),
+        Evaluation::Open | Evaluation::Host | Evaluation::Itself => Ok(BTreeSet::new()),
         Evaluation::Rules(ids) => Ok(ids.iter().map(|id| compiled.rules[id].clone()).collect()),
         Evaluation::Denied => Err(()),
     })
@@ -297,7 +297,7 @@ fn compiled_side(
 fn reference_side(side: &Side) -> Option<Result<BTreeSet<RuleRef>, ()>> {
     match side {
         Side::NotAPod => None,
-        Side::OwnNode => Some(Ok(BTreeSet::new())),
+        Side::OwnNode | Side::Itself => Some(Ok(BTreeSet::new())),
         Side::Default(_) | Side::Denied(_) if !side.allows() => Some(Err(())),
         Side::Default(_) => Some(Ok(BTreeSet::new())),
         Side::Allowed(rules) => Some(Ok(rules.iter().cloned().collect())),

@@ -305,6 +305,10 @@ fn run(node: &KernelNode, rng: &mut StdRng, seed: u64) {
             format!("seed {seed}, scenario {scenario}, mode {mode:?}, rules {endpoint_rules:#?}")
         };
 
+        let own = [
+            IpAddr::from(tests::kernel::POD4),
+            IpAddr::from(tests::kernel::POD6),
+        ];
         for _ in 0..PACKETS {
             next_port = next_port.wrapping_add(1).max(10_000);
             if rng.random_bool(0.15) {
@@ -318,7 +322,7 @@ fn run(node: &KernelNode, rng: &mut StdRng, seed: u64) {
                     server_port: port.port,
                     client_port: next_port,
                 };
-                let evaluation = service.evaluate(&endpoint_rules, &port);
+                let evaluation = service.evaluate(&endpoint_rules, &port, &own);
                 let expected = verdict(mode, &evaluation);
                 let action = node.run(Direction::Egress, &case.frame());
                 let expected_action = if expected == Verdict::Deny {

@@ -62,13 +62,15 @@ pub fn cidr_entries(cidrs: &CidrIdentities) -> Vec<CidrEntry> {
 }
 
 /// The `POLICY` entries of one endpoint's rules under `generation`, including those for
-/// the Services its egress reaches (see [`Service::evaluate`]).
+/// the Services its egress reaches (see [`Service::evaluate`]; `own` are the endpoint's
+/// addresses, a backend it may always reach).
 pub fn policy_entries(
     endpoint: u32,
     generation: u8,
     rules: &EndpointRules,
     cidrs: &CidrIdentities,
     services: &[Service],
+    own: &[IpAddr],
 ) -> Result<Vec<PolicyEntry>, RuleError> {
     rules.validate()?;
     let mut entries: BTreeMap<(u32, [u8; 13]), PolicyEntry> = BTreeMap::new();
@@ -99,7 +101,13 @@ pub fn policy_entries(
     let egress = abi::Direction::Egress as u8;
     for service in services {
         for port in &service.ports {
-            if let Evaluation::Rules(ids) = service.evaluate(rules, port) {
+            let rule_id = match service.evaluate(rules, port, own) {
+                Evaluation::Rules(ids) => ids[0],
+                // Allowed without a rule: only the endpoint itself backs the Service.
+                Evaluation::Itself => 0,
+                Evaluation::Open | Evaluation::Host | Evaluation::Denied => continue,
+            };
+            {
                 let key = PolicyKey::new(
                     endpoint,
                     generation,
@@ -110,7 +118,7 @@ pub fn policy_entries(
                 );
                 entries
                     .entry((PolicyKey::FULL_BITS, bytes_of(&key)))
-                    .or_insert(((PolicyKey::FULL_BITS, key), PolicyValue { rule_id: ids[0] }));
+                    .or_insert(((PolicyKey::FULL_BITS, key), PolicyValue { rule_id }));
             }
         }
     }
@@ -208,7 +216,7 @@ mod tests {
                 ports: None,
             },
         ]);
-        let entries = policy_entries(7, 1, &rules, &CidrIdentities::new(), &[]).unwrap();
+        let entries = policy_entries(7, 1, &rules, &CidrIdentities::new(), &[], &[]).unwrap();
         assert_eq!(entries.len(), 2);
         let ((prefix, key), value) = entries
             .iter()
@@ -228,6 +236,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_backing_its_own_service_always_reaches_it() {
+        let me: IpAddr = "10.244.0.9".parse().unwrap();
+        let service = Service {
+            identity: Identity(Identity::FIRST_SERVICE),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            ports: vec![model::rules::ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+            }],
+            backends: vec![(me, Identity(300))],
+        };
+        // Egress isolated with no rule: the Service is reachable only because it is itself.
+        let rules = EndpointRules::isolated(vec![]);
+        let cidrs = CidrIdentities::new();
+        let to_service = |own: &[IpAddr]| {
+            policy_entries(7, 0, &rules, &cidrs, std::slice::from_ref(&service), own).unwrap()
+        };
+        assert!(to_service(&[]).is_empty());
+        let entries = to_service(&[me]);
+        assert_eq!(entries.len(), 1);
+        let ((_, key), value) = entries[0];
+        assert_eq!(key.identity, Identity::FIRST_SERVICE.to_be_bytes());
+        assert_eq!(value.rule_id, 0);
+    }
+
+    #[test]
     fn invalid_rules_compile_to_nothing() {
         let rules = EndpointRules::isolated(vec![Rule {
             id: 1,
@@ -236,7 +271,7 @@ mod tests {
             protocol: Some(Protocol::Icmp),
             ports: Some(PortRange::single(8)),
         }]);
-        assert!(policy_entries(1, 0, &rules, &CidrIdentities::new(), &[]).is_err());
+        assert!(policy_entries(1, 0, &rules, &CidrIdentities::new(), &[], &[]).is_err());
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn reason(v: u8) -> Result<Reason, DecodeError> {
         Some(R::Spoofed) => Reason::Spoofed,
         Some(R::Unclassified) => Reason::Unclassified,
         Some(R::Fragment) => Reason::Fragment,
+        Some(R::Itself) => Reason::Itself,
         None => return Err(bad("reason", v)),
     })
 }

@@ -43,6 +43,20 @@ pub fn kernel_mode(mode: Mode) -> enforcer_common::Mode {
     }
 }
 
+/// The pod's own addresses (those it has) as the endpoint records them.
+pub fn own_addresses(info: &EndpointInfo) -> Vec<IpAddr> {
+    let v4 = Ipv4Addr::from(info.ipv4);
+    let v6 = Ipv6Addr::from(info.ipv6);
+    let mut own = Vec::new();
+    if !v4.is_unspecified() {
+        own.push(IpAddr::V4(v4));
+    }
+    if !v6.is_unspecified() {
+        own.push(IpAddr::V6(v6));
+    }
+    own
+}
+
 /// Create or update the endpoint on `ifindex`. Its id is the ifindex: unique on the node
 /// while the interface lives, and never reused soon after (ifindexes only grow).
 pub fn register_endpoint(

@@ -272,7 +272,8 @@ where
         services: &[Service],
     ) -> Result<Compiled> {
         let info = rules::endpoint(&self.tables.endpoints, ifindex)?;
-        let entries = compile::policy_entries(info.endpoint_id, 0, rules, cidrs, services)
+        let own = rules::own_addresses(&info);
+        let entries = compile::policy_entries(info.endpoint_id, 0, rules, cidrs, services, &own)
             .map_err(|source| Error::Rules { ifindex, source })?
             .into_iter()
             .collect();

@@ -6,7 +6,8 @@
 //! allow it. A pod's direction is isolated once any policy selecting the pod has that
 //! direction in its `policyTypes`; then the union of those policies' rules is what is
 //! allowed. A pod no policy selects (in a direction) gets its default: allow (Kubernetes)
-//! or deny (zero trust). Traffic between a pod and its own node is always allowed.
+//! or deny (zero trust). Traffic between a pod and its own node, and from a pod to itself,
+//! is always allowed.
 //! `ipBlock` peers match pod addresses too.
 
 use std::net::IpAddr;
@@ -69,6 +70,8 @@ pub enum Side {
     NotAPod,
     /// Between a pod and its own node: always allowed.
     OwnNode,
+    /// A pod reaching itself (through a Service): a pod cannot block itself.
+    Itself,
     /// No policy selects the pod in this direction: its default.
     Default(DefaultAction),
     /// Isolated, and these rules allow the connection.
@@ -80,7 +83,7 @@ pub enum Side {
 impl Side {
     pub fn allows(&self) -> bool {
         match self {
-            Self::NotAPod | Self::OwnNode | Self::Allowed(_) => true,
+            Self::NotAPod | Self::OwnNode | Self::Itself | Self::Allowed(_) => true,
             Self::Default(action) => *action == DefaultAction::Allow,
             Self::Denied(_) => false,
         }
@@ -125,6 +128,12 @@ impl<'a> Evaluator<'a> {
     pub fn evaluate(&self, q: &Query) -> Decision {
         let src = self.cluster.pod_at(q.src);
         let dst = self.cluster.pod_at(q.dst);
+        if src.is_some() && src == dst {
+            return Decision {
+                egress: Side::Itself,
+                ingress: Side::Itself,
+            };
+        }
         let egress = match src {
             None => Side::NotAPod,
             Some(pod) if self.cluster.is_own_node(pod, q.dst) => Side::OwnNode,
@@ -325,6 +334,8 @@ mod tests {
         // A pod and its own node always reach each other.
         assert!(allowed(&[], DefaultAction::Deny, NODE, XB, 80));
         assert!(allowed(&[], DefaultAction::Deny, XB, NODE, 80));
+        // And a pod always reaches itself (through a Service of its own).
+        assert!(allowed(&[], DefaultAction::Deny, XB, XB, 80));
     }
 
     #[test]
