@@ -54,6 +54,7 @@ fn run(pins: &Pins) -> Result<()> {
         mode: model::Mode::Enforce,
         ipv4: Some([10, 244, 0, 2].into()),
         ipv6: None,
+        isolated: false,
     };
     rules::register_endpoint(
         &mut Endpoints::open_endpoints(pins)?,

@@ -114,6 +114,10 @@ enum Command {
         ipv6: Option<Ipv6Addr>,
         #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
         mode: ModeArg,
+        /// A new endpoint starts isolated both ways (only its node passes) until its rules
+        /// arrive, instead of open.
+        #[arg(long)]
+        isolated: bool,
     },
     /// Detach the datapath from a pod interface and forget its rules.
     Detach {
@@ -253,6 +257,7 @@ fn main() -> Result<()> {
                 (None, None) => None,
             };
             let pins = enter(&node)?;
+            let isolated = policy.is_some();
             let config = AgentConfig {
                 pins,
                 endpoints: interfaces
@@ -262,6 +267,7 @@ fn main() -> Result<()> {
                         ipv4: None,
                         ipv6: None,
                         mode: mode.into(),
+                        isolated,
                     })
                     .collect(),
                 names_file: names,
@@ -278,6 +284,7 @@ fn main() -> Result<()> {
             ipv4,
             ipv6,
             mode,
+            isolated,
         } => {
             let pins = enter(&node)?;
             let spec = EndpointSpec {
@@ -285,6 +292,7 @@ fn main() -> Result<()> {
                 ipv4,
                 ipv6,
                 mode: mode.into(),
+                isolated,
             };
             datapath::attach(&pins, &spec)?;
             Ok(())

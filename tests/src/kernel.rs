@@ -39,6 +39,7 @@ impl KernelNode {
             mode: Mode::Enforce,
             ipv4: Some(POD4),
             ipv6: Some(POD6),
+            isolated: false,
         };
         let mut endpoints = Endpoints::open_endpoints(&pins).expect("ENDPOINTS");
         rules::register_endpoint(&mut endpoints, ENDPOINT, &config).expect("register");

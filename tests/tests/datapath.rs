@@ -106,6 +106,7 @@ impl Node {
             ipv4: Some(pod.ipv4),
             ipv6: Some(pod.ipv6),
             mode,
+            isolated: false,
         };
         let pins = self.lab.pins();
         netns::run_in(&self.lab.node_netns(), || datapath::attach(&pins, &spec))

@@ -446,6 +446,7 @@ impl Node {
             ipv4: Some(node.pod.ipv4),
             ipv6: Some(node.pod.ipv6),
             mode: Mode::Enforce,
+            isolated: false,
         };
         let pins = node.lab.pins();
         node.in_node(|| datapath::attach(&pins, &spec)).unwrap();

@@ -36,6 +36,10 @@ pub struct EndpointSpec {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub mode: Mode,
+    /// A new endpoint starts isolated both ways (only its node passes) until its rules
+    /// arrive, instead of open: for an agent that owns the policy (zero trust, or a pod
+    /// whose policy is not known yet). An endpoint already registered keeps its state.
+    pub isolated: bool,
 }
 
 /// Register the endpoint and attach both programs to it. Attaching an endpoint that is
@@ -49,6 +53,7 @@ pub fn attach(pins: &Pins, spec: &EndpointSpec) -> Result<u32> {
         mode: spec.mode,
         ipv4: spec.ipv4,
         ipv6: spec.ipv6,
+        isolated: spec.isolated,
     };
     rules::register_endpoint(&mut Endpoints::open_endpoints(pins)?, ifindex, &config)?;
 

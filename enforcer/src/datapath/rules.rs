@@ -5,7 +5,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use enforcer_common::{addr, endpoint::EndpointInfo};
+use enforcer_common::{
+    addr,
+    endpoint::{EndpointInfo, direction_policy},
+};
 use model::Mode;
 
 use super::tables::Table;
@@ -17,6 +20,8 @@ pub struct EndpointConfig {
     pub mode: Mode,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    /// A new endpoint starts isolated both ways (see `attach::EndpointSpec::isolated`).
+    pub isolated: bool,
 }
 
 /// The 16-byte kernel form of an address (IPv4-mapped for IPv4).
@@ -65,6 +70,10 @@ pub fn register_endpoint(
     config: &EndpointConfig,
 ) -> Result<EndpointInfo> {
     let mut info = EndpointInfo::new(ifindex, kernel_mode(config.mode));
+    if config.isolated {
+        info.ingress_policy = direction_policy::ISOLATED;
+        info.egress_policy = direction_policy::ISOLATED;
+    }
     if let Some(old) = endpoints.get(&ifindex)? {
         info.identity = old.identity;
         info.policy_revision = old.policy_revision.wrapping_add(1);
@@ -122,6 +131,7 @@ mod tests {
             mode: Mode::Enforce,
             ipv4: Some(Ipv4Addr::new(10, 244, 0, 2)),
             ipv6: None,
+            isolated: false,
         };
         register_endpoint(&mut endpoints, IF, &config).unwrap();
         endpoints
@@ -140,11 +150,32 @@ mod tests {
             mode: Mode::Monitor,
             ipv4: None,
             ipv6: None,
+            isolated: false,
         };
         let again = register_endpoint(&mut endpoints, IF, &config).unwrap();
         assert_eq!(again.policy_revision, first.policy_revision + 1);
         assert_eq!(again.mode, enforcer_common::Mode::Monitor as u8);
         assert_eq!((again.egress_policy, again.policy_generation), (1, 1));
+    }
+
+    #[test]
+    fn an_isolated_registration_starts_closed_and_a_known_endpoint_keeps_its_state() {
+        let mut endpoints = MemTable::default();
+        let isolated = EndpointConfig {
+            mode: Mode::Enforce,
+            ipv4: None,
+            ipv6: None,
+            isolated: true,
+        };
+        let info = register_endpoint(&mut endpoints, IF, &isolated).unwrap();
+        let both = (direction_policy::ISOLATED, direction_policy::ISOLATED);
+        assert_eq!((info.ingress_policy, info.egress_policy), both);
+        // Opened by its rules, then registered again: stays as its rules left it.
+        let mut opened = info;
+        opened.ingress_policy = 0;
+        endpoints.set(IF, opened).unwrap();
+        let again = register_endpoint(&mut endpoints, IF, &isolated).unwrap();
+        assert_eq!(again.ingress_policy, 0);
     }
 
     #[test]

@@ -524,6 +524,7 @@ mod tests {
             mode: Mode::Enforce,
             ipv4: None,
             ipv6: None,
+            isolated: false,
         };
         register_endpoint(&mut endpoints, IF, &config).unwrap();
         Writer::new(Tables {

@@ -1009,6 +1009,8 @@ fn attach(
                 ipv4: Some(pod.ipv4),
                 ipv6: Some(pod.ipv6),
                 mode,
+                // The lab's agent owns the policy: nothing passes before it has spoken.
+                isolated: true,
             };
             datapath::attach(pins, &spec).map_err(|source| Error::Datapath {
                 action: "attaching",
