@@ -61,6 +61,17 @@ pub fn cidr_entries(cidrs: &CidrIdentities) -> Vec<CidrEntry> {
         .collect()
 }
 
+/// The CIDR a `CIDRS` entry stands for (the inverse of [`cidr_entries`]).
+pub fn cidr_net(prefix_len: u32, key: &CidrKey) -> Option<IpNet> {
+    let addr = super::rules::ip_from_kernel(&key.addr);
+    let bits = match (key.family, addr) {
+        (4, IpAddr::V4(_)) => prefix_len.checked_sub(8 + 96)?,
+        (6, IpAddr::V6(_)) => prefix_len.checked_sub(8)?,
+        _ => return None,
+    };
+    IpNet::new(addr, u8::try_from(bits).ok()?).ok()
+}
+
 /// The `POLICY` entries of one endpoint's rules under `generation`, including those for
 /// the Services its egress reaches (see [`Service::evaluate`]; `own` are the endpoint's
 /// addresses, a backend it may always reach).
@@ -260,6 +271,20 @@ mod tests {
         let ((_, key), value) = entries[0];
         assert_eq!(key.identity, Identity::FIRST_SERVICE.to_be_bytes());
         assert_eq!(value.rule_id, 0);
+    }
+
+    #[test]
+    fn cidr_entries_turn_back_into_their_cidrs() {
+        let cidrs: CidrIdentities = ["10.0.0.0/8", "203.0.113.0/24", "2001:db8::/32", "::/0"]
+            .iter()
+            .zip(1..)
+            .map(|(n, i)| (n.parse().unwrap(), Identity(Identity::FIRST_CIDR + i)))
+            .collect();
+        let back: CidrIdentities = cidr_entries(&cidrs)
+            .into_iter()
+            .map(|((len, key), id)| (cidr_net(len, &key).unwrap(), Identity(id)))
+            .collect();
+        assert_eq!(back, cidrs);
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! When an address changes identity (a pod's labels changed), step 1 swaps in the old and
 //! the new entries together, and a second swap after the address moved removes the old
 //! ones: a connection is judged by the old identity's rules or by the new one's, never by
-//! a mix (an identity's rules gone while the address still has it).
+//! a mix (an identity's rules gone while the address still has it). When a CIDR goes away,
+//! step 1's rules are compiled over the old and the new CIDRs, the stale CIDRs are
+//! deleted, and a second swap installs the rules over the new CIDRs alone.
 //!
 //! The writer reads the maps once, when it is opened; from then on it must be their only
 //! writer. [`PinnedWriter::open`] takes an exclusive lock on the pinned maps folder for its
@@ -207,16 +209,7 @@ where
     /// Make the maps say `desired` (for the endpoints it names). Every endpoint's rules are
     /// compiled and checked before anything is written: a bad policy changes nothing.
     pub fn apply(&mut self, desired: &Desired) -> Result<Changes> {
-        let compiled = desired
-            .endpoints
-            .iter()
-            .map(|(ifindex, rules)| {
-                Ok((
-                    *ifindex,
-                    self.compile(*ifindex, rules, &desired.cidrs, &desired.services)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let compiled = self.compile_all(desired, &desired.cidrs)?;
         let cidrs: HashMap<(u32, CidrKey), u32> =
             compile::cidr_entries(&desired.cidrs).into_iter().collect();
         let ipcache = ipcache_entries(desired);
@@ -227,8 +220,24 @@ where
         let moves = ipcache
             .iter()
             .any(|(addr, v)| self.ipcache.get(addr).is_some_and(|old| old != v));
+        // A CIDR going away: until it is gone from CIDRS, addresses in it still resolve to
+        // its identity. The first swap's rules cover the old and the new CIDRs alike (the
+        // new rules, compiled over both), so either resolution gets the new verdict.
+        let stale: CidrIdentities = self
+            .cidrs
+            .iter()
+            .filter(|(key, _)| !cidrs.contains_key(key))
+            .filter_map(|((len, key), id)| Some((compile::cidr_net(*len, key)?, Identity(*id))))
+            .collect();
+        let first = if stale.is_empty() {
+            None
+        } else {
+            let mut both = stale;
+            both.extend(desired.cidrs.iter().map(|(n, i)| (*n, *i)));
+            Some(self.compile_all(desired, &both)?)
+        };
         let mut changes = Changes::default();
-        for (ifindex, wanted) in &compiled {
+        for (ifindex, wanted) in first.as_ref().unwrap_or(&compiled) {
             let step = if moves {
                 self.swap_union(*ifindex, wanted)?
             } else {
@@ -239,15 +248,33 @@ where
         // New and changed entries first, stale ones last (see the module docs).
         changes.writes += write_new(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
         changes.writes += write_new(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
-        if moves {
+        changes.deletes += delete_stale(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
+        if moves || first.is_some() {
             for (ifindex, wanted) in &compiled {
                 changes.add(self.swap(*ifindex, wanted)?);
             }
         }
         changes.deletes += self.collect_detached(desired)?;
-        changes.deletes += delete_stale(&mut self.tables.cidrs, &mut self.cidrs, &cidrs)?;
         changes.deletes += delete_stale(&mut self.tables.ipcache, &mut self.ipcache, &ipcache)?;
         Ok(changes)
+    }
+
+    /// Every endpoint of `desired` compiled over `cidrs`, all checked before any write.
+    fn compile_all(
+        &self,
+        desired: &Desired,
+        cidrs: &CidrIdentities,
+    ) -> Result<Vec<(u32, Compiled)>> {
+        desired
+            .endpoints
+            .iter()
+            .map(|(ifindex, rules)| {
+                Ok((
+                    *ifindex,
+                    self.compile(*ifindex, rules, cidrs, &desired.services)?,
+                ))
+            })
+            .collect()
     }
 
     /// Swap in new rules for the endpoint on `ifindex` (see the module docs); nothing is
@@ -501,7 +528,7 @@ mod tests {
         Mode, Protocol,
         rules::{PortRange, Rule},
     };
-    use std::net::IpAddr;
+    use std::{collections::BTreeSet, net::IpAddr};
 
     use super::*;
     use crate::datapath::{
@@ -852,6 +879,53 @@ mod tests {
         fn entries(&self) -> Result<Vec<((u32, PolicyKey), PolicyValue)>> {
             self.inner.entries()
         }
+    }
+
+    #[test]
+    fn a_cidr_going_away_leaves_cidrs_before_its_rules_go() {
+        let mut w = writer();
+        let world_rule = Rule {
+            id: 1,
+            direction: Direction::Egress,
+            peer: Peer::Cidr {
+                net: "0.0.0.0/0".parse().unwrap(),
+                except: vec![],
+            },
+            protocol: None,
+            ports: None,
+        };
+        let mut desired = Desired::default();
+        desired.endpoints.insert(IF, rules_with(vec![world_rule]));
+        let (all, some) = (
+            Identity(Identity::FIRST_CIDR),
+            Identity(Identity::FIRST_CIDR + 1),
+        );
+        desired.cidrs.insert("0.0.0.0/0".parse().unwrap(), all);
+        desired
+            .cidrs
+            .insert("203.0.113.0/24".parse().unwrap(), some);
+        w.apply(&desired).unwrap();
+        let identities = |w: &Mem| -> BTreeSet<u32> {
+            let live = info(w).policy_generation;
+            w.tables()
+                .policy
+                .entries()
+                .unwrap()
+                .into_iter()
+                .filter(|((_, k), _)| k.generation == live)
+                .map(|((_, k), _)| u32::from_be_bytes(k.identity))
+                .collect()
+        };
+        assert_eq!(identities(&w), BTreeSet::from([all.0, some.0]));
+        // The /24 goes (the policy naming it was deleted).
+        desired.cidrs.remove(&"203.0.113.0/24".parse().unwrap());
+        let r0 = info(&w).policy_revision;
+        w.apply(&desired).unwrap();
+        // The first step (the new rules over both CIDR sets) is what the endpoint has
+        // already: no swap; the /24 leaves CIDRS, then the one swap drops its rules.
+        assert_eq!(info(&w).policy_revision, r0 + 1);
+        assert_eq!(identities(&w), BTreeSet::from([all.0]));
+        assert_eq!(w.tables().cidrs.entries().unwrap().len(), 1);
     }
 
     #[test]
