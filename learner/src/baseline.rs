@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::{Duration, SystemTime},
 };
 
 use model::{Direction, FlowKind, FlowRecord, Protocol, Reason};
@@ -160,6 +161,23 @@ impl Baseline {
         }
     }
 
+    /// Is the baseline stable at `now`: has no rule appeared for `quiet`? (An empty baseline
+    /// is not: nothing was learned yet.)
+    pub fn is_stable(&self, now: SystemTime, quiet: Duration) -> bool {
+        let since = cutoff(now, quiet);
+        !self.rules.is_empty() && self.rules.values().all(|e| e.first_seen < since)
+    }
+
+    /// Remove the rules not seen for `max_age` at `now`; returns them.
+    pub fn expire(&mut self, now: SystemTime, max_age: Duration) -> Vec<(RuleKey, Evidence)> {
+        let before = cutoff(now, max_age);
+        let (old, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.rules)
+            .into_iter()
+            .partition(|(_, e)| e.last_seen < before);
+        self.rules = kept;
+        old.into_iter().collect()
+    }
+
     /// Add another baseline (another node's, another period's) to this one.
     pub fn merge(&mut self, other: &Baseline) {
         for (key, evidence) in &other.rules {
@@ -167,6 +185,13 @@ impl Baseline {
         }
         self.unattributed += other.unattributed;
     }
+}
+
+/// `now - age` in the records' time format (RFC 3339, UTC, milliseconds), which orders as
+/// text the way it orders as time.
+fn cutoff(now: SystemTime, age: Duration) -> String {
+    let at = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// A peer's workload: its own, or `namespace/Pod/name` for a pod without one.
@@ -356,6 +381,44 @@ mod tests {
             "{once} {often} {weekly}"
         );
         assert!(often <= 0.5 + 1e-9, "one day keeps at most half: {often}");
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn a_baseline_is_stable_once_no_rule_appeared_for_a_while_and_old_rules_expire() {
+        let day = Duration::from_secs(86_400);
+        let mut b = Baseline::default();
+        assert!(
+            !b.is_stable(at("2026-11-28T00:00:00Z"), day),
+            "nothing learned yet"
+        );
+        b.observe(&egress(
+            "2026-11-20T10:00:00.000Z",
+            "shop/frontend-a",
+            40001,
+        ));
+        b.observe(&egress(
+            "2026-11-27T10:00:00.000Z",
+            "shop/frontend-a",
+            40002,
+        ));
+        assert!(b.is_stable(at("2026-11-28T00:00:00Z"), day));
+        // A new rule resets it.
+        let mut new_peer = egress("2026-11-27T12:00:00.000Z", "shop/frontend-a", 40003);
+        new_peer.remote.port = 9090;
+        b.observe(&new_peer);
+        assert!(!b.is_stable(at("2026-11-28T00:00:00Z"), day));
+        assert!(b.is_stable(at("2026-11-28T13:00:00Z"), day));
+        // Not seen for 3 days: gone, and returned; seen yesterday: kept.
+        let mut stale = egress("2026-11-21T10:00:00.000Z", "shop/frontend-a", 40004);
+        stale.remote = peer("203.0.113.10", 443, None, None);
+        b.observe(&stale);
+        let expired = b.expire(at("2026-11-28T13:00:00Z"), 3 * day);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(b.rules.len(), 2);
     }
 
     #[test]
