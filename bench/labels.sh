@@ -40,14 +40,7 @@ OUT=${BENCH_OUT:-$ROOT/target/bench/labels-$(date +%Y%m%d-%H%M%S)}
 PORT_A=9201 PORT_B=9202
 CPU=$(($(nproc) - 1))
 
-require_root
-install_packages iproute2 python3 util-linux coreutils
-find_palisade
-mkdir -p "$OUT"
-use_private_palisade "$OUT"
-machine_description "$OUT/machine.txt"
-lab_up "$OUT" --no-agent
-say "results in $OUT"
+policy_bench_up
 
 mkdir -p "$OUT/policies"
 cat >"$OUT/policies/server.yaml" <<EOF

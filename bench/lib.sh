@@ -177,6 +177,20 @@ machine_description() {
 
 # --- an agent of the benchmark's own, owning the policy --------------------------------
 
+# policy_bench_up: what the policy benchmarks share before their own set-up: root, the
+# packages, the palisade binary (a private copy in $OUT), the machine's description, and
+# a lab of two pods without the lab's agent (the benchmark starts its own).
+policy_bench_up() {
+    require_root
+    install_packages iproute2 python3 util-linux coreutils
+    find_palisade
+    mkdir -p "$OUT"
+    use_private_palisade "$OUT"
+    machine_description "$OUT/machine.txt"
+    lab_up "$OUT" --no-agent
+    say "results in $OUT"
+}
+
 # start_policy_agent SECONDS AGENT_ARGS...: start `palisade agent` on the lab's node with
 # AGENT_ARGS (its policy source), bounded by SECONDS, logging to $AGENT_LOG; wait until it
 # is ready, then attach the client and server pods in enforce mode. Sets AGENT_LOG.
