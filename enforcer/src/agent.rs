@@ -63,11 +63,7 @@ pub async fn run(
     let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
     let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
-    let mut retry = false;
-    if let Some(source) = &mut policy {
-        retry = source.reload() == Reload::Failed;
-        namer.rules = source.rule_names();
-    }
+    let mut retry = reload_policy(&mut policy, &mut namer);
     // A policy update that failed while writing is tried again this often.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,17 +97,9 @@ pub async fn run(
             }
             changed = policy_changed(&mut policy) => {
                 changed?;
-                if let Some(source) = &mut policy {
-                    retry = source.reload() == Reload::Failed;
-                    namer.rules = source.rule_names();
-                }
+                retry = reload_policy(&mut policy, &mut namer);
             }
-            _ = retry_tick.tick(), if retry => {
-                if let Some(source) = &mut policy {
-                    retry = source.reload() == Reload::Failed;
-                    namer.rules = source.rule_names();
-                }
-            }
+            _ = retry_tick.tick(), if retry => retry = reload_policy(&mut policy, &mut namer),
             batch = reader.next_batch() => write_events(&mut namer, &mut names, batch?, &mut out)?,
             _ = drain.tick() => {
                 let batch = reader.drain_now();
@@ -127,6 +115,17 @@ pub async fn run(
     }
     info!("agent stopping; enforcement stays pinned");
     Ok(())
+}
+
+/// Enforce what the policy source says now and name flow records by its rules; whether
+/// the update must be tried again (it failed while writing the maps).
+fn reload_policy(policy: &mut Option<PolicySource>, namer: &mut Namer) -> bool {
+    let Some(source) = policy else {
+        return false;
+    };
+    let failed = source.reload() == Reload::Failed;
+    namer.rules = source.rule_names();
+    failed
 }
 
 /// Resolve when the watched policy file changed; never without one.

@@ -30,7 +30,7 @@ use crate::{
         attach::ifindex_of,
         writer::{Changes, Desired, PinnedWriter},
     },
-    error::{Error, Result},
+    error::{Error, Result, chain},
     names::Names,
     policy_file::NodePolicy,
     watch::FileWatch,
@@ -173,7 +173,7 @@ impl PolicySource {
             Ok(prepared) => prepared,
             Err(e) => {
                 warn!(
-                    error = %error_chain(&e),
+                    error = %chain(&e),
                     "policy not applied; the last good policy stays enforced"
                 );
                 return Reload::Refused;
@@ -192,7 +192,7 @@ impl PolicySource {
                 // Each endpoint's swap is atomic, but the update as a whole stopped part
                 // way: some endpoints enforce the new rules, some the old. Retried.
                 warn!(
-                    error = %error_chain(&e),
+                    error = %chain(&e),
                     "policy update failed while writing the maps; retrying"
                 );
                 return Reload::Failed;
@@ -362,18 +362,6 @@ fn pod_default(cluster: &Cluster, pod: &Pod, fallback: DefaultAction) -> Default
         Some("allow") => DefaultAction::Allow,
         _ => fallback,
     }
-}
-
-/// An error and its causes on one line (`a: b: c`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

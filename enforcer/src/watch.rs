@@ -48,7 +48,7 @@ impl FileWatch {
         Self::watching(path, dir, Some(name))
     }
 
-    /// Watch the policy files (`*.yaml`, `*.yml`, `*.json`, not hidden) of folder `dir`.
+    /// Watch the policy files of folder `dir` (see `model::netpol::load::is_policy_file`).
     pub fn dir(dir: &Path) -> Result<Self> {
         Self::watching(dir, dir, None)
     }
@@ -104,7 +104,7 @@ impl FileWatch {
     fn concerns(&self, name: &std::ffi::OsStr) -> bool {
         match &self.name {
             Some(watched) => name == watched,
-            None => is_policy_file(Path::new(name)),
+            None => model::netpol::load::is_policy_file(Path::new(name)),
         }
     }
 
@@ -114,16 +114,6 @@ impl FileWatch {
             source,
         }
     }
-}
-
-/// A policy file of a watched folder: `*.yaml`, `*.yml` or `*.json`, not hidden (editors'
-/// and tools' temporary files start with a dot).
-pub fn is_policy_file(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .is_none_or(|n| n.to_string_lossy().starts_with('.'));
-    let extension = path.extension().and_then(|e| e.to_str());
-    !hidden && matches!(extension, Some("yaml" | "yml" | "json"))
 }
 
 #[cfg(test)]

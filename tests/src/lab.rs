@@ -60,15 +60,7 @@ impl Drop for TestLab {
 }
 
 /// An error with its causes, for assertion messages.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
-}
+pub use enforcer::error::chain;
 
 /// What the lab `name` left on the machine: namespaces, run files, pins, processes.
 pub fn leftovers(name: &str) -> Vec<String> {

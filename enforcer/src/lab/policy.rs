@@ -8,7 +8,7 @@ use std::{
 };
 
 use model::netpol::{
-    load::{self, Loaded},
+    load::{self, Loaded, is_policy_file},
     policy::Policy,
     selector::{Operator, Selector},
 };
@@ -19,7 +19,6 @@ use super::{
     error::{Error, Result},
     state::write_atomically,
 };
-use crate::watch::is_policy_file;
 
 /// What happened to one policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -909,15 +909,8 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        let e = parse(text).unwrap_err();
         // What a user sees: the error and its causes.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        msg
+        crate::error::chain(&parse(text).unwrap_err())
     }
 
     const MINIMAL: &str = "\

@@ -150,19 +150,25 @@ const LIST_KIND: &str = "NetworkPolicyList";
 const DEFAULT_NAMESPACE: &str = "default";
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
+/// Is `path` named like a policy file of a folder: `*.yaml`, `*.yml` or `*.json`, not
+/// hidden (editors' and tools' temporary files start with a dot)?
+pub fn is_policy_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_none_or(|name| name.as_encoded_bytes().starts_with(b"."));
+    let wanted = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e));
+    !hidden && wanted
+}
+
 fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let cannot = |e: std::io::Error| LoadError::whole(dir, format!("cannot list the folder: {e}"));
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(cannot)? {
         let path = entry.map_err(cannot)?.path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."));
-        let wanted = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.contains(&e));
-        if hidden || !wanted {
+        if !is_policy_file(&path) {
             continue;
         }
         let metadata = fs::metadata(&path)
