@@ -150,28 +150,103 @@ pub enum IdentityError {
     Exhausted { kind: &'static str },
 }
 
-/// Hands out identities for label sets and CIDRs, stably across restarts.
+/// Hands out identities for label sets, Services and CIDRs, stably across restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityAllocator {
     #[serde(default)]
-    labels: Vec<(LabelSet, Identity)>,
+    labels: Table<LabelSet>,
     #[serde(default)]
-    cidrs: Vec<(IpNet, Identity)>,
+    cidrs: Table<IpNet>,
     /// Services by `namespace/name`.
     #[serde(default)]
-    services: Vec<(String, Identity)>,
-    #[serde(skip)]
-    by_labels: HashMap<LabelSet, Identity>,
-    #[serde(skip)]
-    by_cidr: BTreeMap<IpNet, Identity>,
-    /// Next free numbers (kept, not recomputed: allocating stays O(log n)).
-    #[serde(skip)]
-    next_label: Option<u32>,
-    #[serde(skip)]
-    next_cidr: Option<u32>,
+    services: Table<String>,
     /// Something was allocated since the last [`Self::take_unsaved`].
     #[serde(skip)]
     unsaved: bool,
+}
+
+/// The identities of one kind, in the order they were handed out (which is what is
+/// persisted), with an index and the next free number.
+#[derive(Clone, Debug)]
+struct Table<K> {
+    entries: Vec<(K, Identity)>,
+    index: HashMap<K, Identity>,
+    /// Kept, not recomputed: allocating stays O(1). `None` until the first allocation.
+    next: Option<u32>,
+}
+
+/// Two tables are equal when they hand out the same identities (the index and the next
+/// number follow from the entries).
+impl<K: PartialEq> PartialEq for Table<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl<K: Eq> Eq for Table<K> {}
+
+impl<K> Default for Table<K> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            next: None,
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Table<K> {
+    /// The identity of `key`, and whether it is new: the next free number of
+    /// `first..end` the first time.
+    fn allocate(
+        &mut self,
+        key: &K,
+        first: u32,
+        end: u32,
+        kind: &'static str,
+    ) -> Result<(Identity, bool), IdentityError> {
+        if let Some(id) = self.index.get(key) {
+            return Ok((*id, false));
+        }
+        let entries = &self.entries;
+        let next = *self.next.get_or_insert_with(|| {
+            entries
+                .iter()
+                .map(|(_, id)| id.0 + 1)
+                .max()
+                .unwrap_or(first)
+        });
+        if next >= end {
+            return Err(IdentityError::Exhausted { kind });
+        }
+        let id = Identity(next);
+        self.next = Some(next + 1);
+        self.entries.push((key.clone(), id));
+        self.index.insert(key.clone(), id);
+        Ok((id, true))
+    }
+
+    fn ids(&self) -> impl Iterator<Item = Identity> + '_ {
+        self.entries.iter().map(|(_, id)| *id)
+    }
+}
+
+impl<K: Serialize> Serialize for Table<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.entries.serialize(s)
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Clone + Eq + std::hash::Hash> Deserialize<'de> for Table<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries: Vec<(K, Identity)> = Vec::deserialize(d)?;
+        let index = entries.iter().cloned().collect();
+        Ok(Self {
+            entries,
+            index,
+            next: None,
+        })
+    }
 }
 
 impl IdentityAllocator {
@@ -188,18 +263,13 @@ impl IdentityAllocator {
                 });
             }
         };
-        let mut table: Self =
-            serde_json::from_str(&text).map_err(|source| IdentityError::Corrupt {
-                path: path.to_owned(),
-                source,
-            })?;
+        let table: Self = serde_json::from_str(&text).map_err(|source| IdentityError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut seen = std::collections::BTreeSet::new();
-        let ids = table.labels.iter().map(|(_, id)| *id);
-        let others = table.cidrs.iter().map(|(_, id)| *id);
-        for id in ids
-            .chain(others)
-            .chain(table.services.iter().map(|(_, id)| *id))
-        {
+        let ids = table.labels.ids().chain(table.cidrs.ids());
+        for id in ids.chain(table.services.ids()) {
             if !seen.insert(id) {
                 return Err(IdentityError::Duplicate {
                     path: path.to_owned(),
@@ -207,8 +277,6 @@ impl IdentityAllocator {
                 });
             }
         }
-        table.by_labels = table.labels.iter().cloned().collect();
-        table.by_cidr = table.cidrs.iter().copied().collect();
         Ok(table)
     }
 
@@ -226,70 +294,41 @@ impl IdentityAllocator {
 
     /// The identity of `labels`, allocating the next free one the first time.
     pub fn for_labels(&mut self, labels: &LabelSet) -> Result<Identity, IdentityError> {
-        if let Some(id) = self.by_labels.get(labels) {
-            return Ok(*id);
-        }
-        let labels_table = &self.labels;
-        let next = *self.next_label.get_or_insert_with(|| {
-            labels_table
-                .iter()
-                .map(|(_, id)| id.0 + 1)
-                .max()
-                .unwrap_or(Identity::FIRST_LABELS)
-        });
-        if next >= Identity::FIRST_SERVICE {
-            return Err(IdentityError::Exhausted { kind: "label" });
-        }
-        let id = Identity(next);
-        self.next_label = Some(next + 1);
-        self.unsaved = true;
-        self.labels.push((labels.clone(), id));
-        self.by_labels.insert(labels.clone(), id);
-        Ok(id)
+        let found = self.labels.allocate(
+            labels,
+            Identity::FIRST_LABELS,
+            Identity::FIRST_SERVICE,
+            "label",
+        );
+        self.note(found)
     }
 
     /// The identity of the world CIDR `net` (normalised to its network address).
     pub fn for_cidr(&mut self, net: IpNet) -> Result<Identity, IdentityError> {
-        let net = net.trunc();
-        if let Some(id) = self.by_cidr.get(&net) {
-            return Ok(*id);
-        }
-        let cidrs_table = &self.cidrs;
-        let next = *self.next_cidr.get_or_insert_with(|| {
-            cidrs_table
-                .iter()
-                .map(|(_, id)| id.0 + 1)
-                .max()
-                .unwrap_or(Identity::FIRST_CIDR)
-        });
-        if next == u32::MAX {
-            return Err(IdentityError::Exhausted { kind: "CIDR" });
-        }
-        let id = Identity(next);
-        self.next_cidr = Some(next + 1);
-        self.unsaved = true;
-        self.cidrs.push((net, id));
-        self.by_cidr.insert(net, id);
-        Ok(id)
+        let found = self
+            .cidrs
+            .allocate(&net.trunc(), Identity::FIRST_CIDR, u32::MAX, "CIDR");
+        self.note(found)
     }
 
     /// The identity standing for the ClusterIPs of Service `namespace/name`.
     pub fn for_service(&mut self, service: &str) -> Result<Identity, IdentityError> {
-        if let Some((_, id)) = self.services.iter().find(|(s, _)| s == service) {
-            return Ok(*id);
-        }
-        let next = self
-            .services
-            .iter()
-            .map(|(_, id)| id.0 + 1)
-            .max()
-            .unwrap_or(Identity::FIRST_SERVICE);
-        if next >= Identity::FIRST_CIDR {
-            return Err(IdentityError::Exhausted { kind: "Service" });
-        }
-        let id = Identity(next);
-        self.services.push((service.to_owned(), id));
-        self.unsaved = true;
+        let found = self.services.allocate(
+            &service.to_owned(),
+            Identity::FIRST_SERVICE,
+            Identity::FIRST_CIDR,
+            "Service",
+        );
+        self.note(found)
+    }
+
+    /// Remember that an allocation made the table need saving.
+    fn note(
+        &mut self,
+        found: Result<(Identity, bool), IdentityError>,
+    ) -> Result<Identity, IdentityError> {
+        let (id, new) = found?;
+        self.unsaved |= new;
         Ok(id)
     }
 
@@ -300,12 +339,11 @@ impl IdentityAllocator {
 
     /// The labels behind an identity, if it is a label identity of this table.
     pub fn labels_of(&self, id: Identity) -> Option<&LabelSet> {
-        self.labels.iter().find(|(_, i)| *i == id).map(|(l, _)| l)
-    }
-
-    /// The identity of `labels`, if it has one already.
-    pub fn existing(&self, labels: &LabelSet) -> Option<Identity> {
-        self.by_labels.get(labels).copied()
+        self.labels
+            .entries
+            .iter()
+            .find(|(_, i)| *i == id)
+            .map(|(l, _)| l)
     }
 }
 
