@@ -11,7 +11,7 @@ use std::{
 };
 
 use enforcer_common::{conntrack::ConntrackKey, maps};
-use model::{FlowKind, FlowRecord};
+use model::{FlowKind, FlowRecord, wire::FlowWriter};
 use tracing::{info, warn};
 
 use crate::{
@@ -43,10 +43,11 @@ pub struct AgentConfig {
     pub sizing: datapath::Sizing,
 }
 
-/// Run until `shutdown` completes, writing JSON lines of [`FlowRecord`] to `out`.
+/// Run until `shutdown` completes, writing [`FlowRecord`]s to `out` (JSON lines or
+/// length-delimited protobuf, see [`model::wire`]).
 pub async fn run(
     config: AgentConfig,
-    mut out: impl Write,
+    mut out: FlowWriter<impl Write>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let installed = datapath::install_with(&config.pins, config.sizing)?;
@@ -140,7 +141,7 @@ fn write_events(
     namer: &mut Namer,
     names: &mut NamesFile,
     batch: Vec<enforcer_common::event::FlowEvent>,
-    out: &mut impl Write,
+    out: &mut FlowWriter<impl Write>,
 ) -> Result<()> {
     if let Some(fresh) = names.load_if_changed() {
         namer.names = fresh;
@@ -165,7 +166,7 @@ fn export_stats(
     pins: &Pins,
     namer: &mut Namer,
     exported: &mut HashMap<ConntrackKey, u64>,
-    out: &mut impl Write,
+    out: &mut FlowWriter<impl Write>,
 ) -> Result<()> {
     let now = stats::monotonic_coarse_ns();
     let entries = stats::conntrack(pins)?;
@@ -196,9 +197,8 @@ fn export_stats(
     out.flush().map_err(stdout_error)
 }
 
-fn write_record(out: &mut impl Write, record: &FlowRecord) -> Result<()> {
-    serde_json::to_writer(&mut *out, record).map_err(|e| stdout_error(e.into()))?;
-    out.write_all(b"\n").map_err(stdout_error)
+fn write_record(out: &mut FlowWriter<impl Write>, record: &FlowRecord) -> Result<()> {
+    out.write(record).map_err(stdout_error)
 }
 
 fn stdout_error(source: std::io::Error) -> Error {

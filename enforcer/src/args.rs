@@ -1,7 +1,7 @@
 //! Command-line argument types shared by `palisade`'s commands and the lab's.
 
 use clap::ValueEnum;
-use model::{Mode, Protocol, netpol::evaluate::DefaultAction};
+use model::{Mode, Protocol, netpol::evaluate::DefaultAction, wire::Format};
 
 /// An endpoint mode, as typed on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -35,6 +35,24 @@ impl From<DefaultArg> for DefaultAction {
         match d {
             DefaultArg::Allow => Self::Allow,
             DefaultArg::Deny => Self::Deny,
+        }
+    }
+}
+
+/// How the agent writes flow records to its `--output` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormatArg {
+    /// One JSON object per line.
+    Json,
+    /// Length-delimited protobuf (`palisade.flow.v1.FlowRecord`, see `model::wire`).
+    Protobuf,
+}
+
+impl From<OutputFormatArg> for Format {
+    fn from(f: OutputFormatArg) -> Self {
+        match f {
+            OutputFormatArg::Json => Self::JsonLines,
+            OutputFormatArg::Protobuf => Self::Protobuf,
         }
     }
 }

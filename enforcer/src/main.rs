@@ -1,9 +1,9 @@
 //! `palisade`: the node agent and its tools, and the lab.
 
 use std::{
-    io::IsTerminal as _,
+    io::{IsTerminal as _, Read as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use enforcer::{
     agent::{self, AgentConfig},
-    args::{DefaultArg, ModeArg},
+    args::{DefaultArg, ModeArg, OutputFormatArg},
     datapath::{
         self, EndpointSpec, Pins,
         prefilter::{self, XdpMode},
@@ -27,7 +27,11 @@ use enforcer::{
     policy_source::{NetworkPolicyConfig, SourceConfig},
 };
 use ipnet::IpNet;
+use learn_cli::LearnCommand;
+use model::wire::{FlowWriter, Format};
 use tracing_subscriber::EnvFilter;
+
+mod learn_cli;
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +57,8 @@ struct Node {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the datapath, attach endpoints and print flows as JSON lines.
+    /// Install the datapath, attach endpoints and print flows (JSON lines, or protobuf to a
+    /// file).
     Agent {
         #[command(flatten)]
         node: Node,
@@ -69,6 +74,11 @@ enum Command {
         /// Append flow records here instead of standard output.
         #[arg(long, env = "PALISADE_OUTPUT")]
         output: Option<PathBuf>,
+        /// How records are written to --output: json (one object per line) or protobuf
+        /// (length-delimited `palisade.flow.v1.FlowRecord`; see model/proto). Standard
+        /// output always gets JSON lines.
+        #[arg(long, env = "PALISADE_OUTPUT_FORMAT", value_enum, default_value_t = OutputFormatArg::Json)]
+        output_format: OutputFormatArg,
         /// Created once the datapath is installed and the endpoints attached.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -171,6 +181,12 @@ enum Command {
         command: PrefilterCommand,
     },
     /// Run Palisade on one machine: pods as network namespaces wired like a node.
+    /// Learn what workloads talk to: flow records -> a baseline with evidence -> proposed
+    /// NetworkPolicies.
+    Learn {
+        #[command(subcommand)]
+        command: LearnCommand,
+    },
     Lab {
         /// Lab name: keeps several labs apart (namespaces, interfaces, pins, state).
         #[arg(long, global = true, env = "PALISADE_LAB", default_value = "lab")]
@@ -228,12 +244,14 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Lab { name, command } => lab::cli::run(&name, command),
+        Command::Learn { command } => learn_cli::run(command),
         Command::Agent {
             node,
             interfaces,
             mode,
             names,
             output,
+            output_format,
             ready_file,
             stats_interval,
             policy,
@@ -276,7 +294,7 @@ fn main() -> Result<()> {
                 policy,
                 sizing: datapath::Sizing { conntrack_max },
             };
-            run_agent(config, output)
+            run_agent(config, output, output_format.into())
         }
         Command::Attach {
             node,
@@ -364,18 +382,32 @@ fn enter(node: &Node) -> Result<Pins> {
     Ok(Pins::new(&node.bpffs_root))
 }
 
-fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
-    let out: Box<dyn std::io::Write> = match &output {
+fn run_agent(config: AgentConfig, output: Option<PathBuf>, format: Format) -> Result<()> {
+    let out: FlowWriter<Box<dyn std::io::Write>> = match &output {
         // Buffered: the agent flushes once per batch of events, so readers of the file see
-        // whole lines far more often than torn ones.
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        // whole records far more often than torn ones.
+        Some(path) => {
+            check_output_format(path, format)?;
+            FlowWriter::new(
+                Box::new(std::io::BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                )),
+                format,
+            )
+        }
+        None => {
+            if format != Format::JsonLines {
+                tracing::warn!(%format, "no --output file: writing JSON lines to standard output");
+            }
+            FlowWriter::new(
+                Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+                Format::JsonLines,
+            )
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -394,6 +426,29 @@ fn run_agent(config: AgentConfig, output: Option<PathBuf>) -> Result<()> {
         agent::run(config, out, shutdown).await
     })?;
     Ok(())
+}
+
+/// Refuse to append records in `format` to a file that holds records in the other format:
+/// no reader could read the result.
+fn check_output_format(path: &Path, format: Format) -> Result<()> {
+    let mut head = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(file) => {
+            file.take(4096)
+                .read_to_end(&mut head)
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+    match Format::detect(&head) {
+        Some(found) if found != format => anyhow::bail!(
+            "{} holds {found} flow records: appending {format} would mix formats (use \
+             --output-format {found}, or another file)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn conntrack(pins: &Pins, json: bool) -> Result<()> {

@@ -1,5 +1,5 @@
-//! Names for what the datapath only knows by number: interface -> pod, address -> pod or
-//! external host. Whoever creates endpoints (the lab today, the Kubernetes watcher later)
+//! Names for what the datapath only knows by number: interface -> pod, address -> pod,
+//! external host or Service. Whoever creates endpoints (the lab today, the Kubernetes watcher later)
 //! writes this file; the agent reads it to name the pods in its flow records.
 
 use std::{
@@ -23,6 +23,10 @@ pub struct Names {
     /// `namespace/pod` -> what records say about it instead of identity numbers.
     #[serde(default)]
     pub pods: BTreeMap<String, PodMeta>,
+    /// ClusterIP -> `namespace/name` of its Service: a pod that connects to the address
+    /// reached the Service.
+    #[serde(default)]
+    pub services: BTreeMap<IpAddr, String>,
 }
 
 /// A pod as flow records describe it.
@@ -73,8 +77,20 @@ mod tests {
         names
             .addresses
             .insert("10.244.0.2".parse().unwrap(), "shop/api-0".into());
+        names
+            .services
+            .insert("10.96.0.10".parse().unwrap(), "shop/api".into());
         names.save(&path).unwrap();
         assert_eq!(Names::load(&path).unwrap(), names);
+    }
+
+    #[test]
+    fn files_without_services_still_load() {
+        // Written by a lab or watcher from before Services were named.
+        let names: Names =
+            serde_json::from_str(r#"{"interfaces": {"pl-t-1": "shop/api-0"}}"#).unwrap();
+        assert!(names.services.is_empty());
+        assert_eq!(names.interfaces["pl-t-1"], "shop/api-0");
     }
 
     #[test]

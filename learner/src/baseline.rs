@@ -3,388 +3,491 @@
 //!
 //! - The server side of a connection comes from the record's direction (the datapath's
 //!   conntrack knows who opened it), so ephemeral client ports never become rules.
-//! - Peers are workloads (in-cluster), bare pods, the pod's own node, or external
-//!   addresses, kept exact (with the DNS name the pod looked them up by) — widening is a
-//!   separate, stated step.
+//! - Peers are workloads (in-cluster), bare pods, Services (a connection to a ClusterIP,
+//!   as the client's endpoint saw it before the node translated it; the proposal resolves
+//!   it to the backing workloads and target port), the pod's own node, or external
+//!   addresses, kept exact with the DNS name the pod looked them up by: widening them is a
+//!   separate, stated step ([`crate::widen`]).
 //! - A connection counts once per endpoint that saw it (its `new` record); bytes come from
 //!   its `closed` record (final counters), so periodic `stats` records never double count.
 //!
 //! Records carry labels and workload names, never node-local numbers, so baselines of
-//! several nodes merge ([`Baseline::merge`]).
+//! several nodes merge ([`Rules::merge`]). The same aggregation, keyed by hour as well,
+//! gives the [`Batch`]es the store persists.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::HashMap,
+    hash::Hash,
     net::IpAddr,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use model::{Direction, FlowKind, FlowRecord, Protocol, Reason};
+use model::{Direction, FlowKind, Protocol};
+use rustc_hash::FxBuildHasher;
+
+use crate::{
+    evidence::{Evidence, SourcePods},
+    intern::{Interner, Name},
+    observation::Observation,
+};
 
 /// Who the workload talks to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerKey {
-    /// Pods of a workload (`namespace/Kind/name`).
-    Workload(String),
+    /// Pods of a workload (`namespace/Kind/name`; a bare pod is `namespace/Pod/name`).
+    Workload(Name),
+    /// A Service's ClusterIP (`namespace/name`), on the Service's port.
+    Service(Name),
     /// The pod's own node (kubelet probes; always allowed, recorded for completeness).
     Host,
     /// An address outside the cluster, exactly, with the name it was looked up by.
-    External {
-        ip: IpAddr,
-        dns_name: Option<String>,
-    },
+    External { ip: IpAddr, dns_name: Option<Name> },
 }
 
 /// One learned rule.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleKey {
     /// The workload the rule belongs to (`namespace/Kind/name`).
-    pub workload: String,
+    pub workload: Name,
     /// Egress: the workload opened the connections; ingress: the peer did.
     pub direction: Direction,
-    pub peer: PeerKey,
     pub protocol: Protocol,
     /// The server's port (the peer's for egress, the workload's for ingress); `None` for
     /// protocols without ports.
     pub port: Option<u16>,
+    pub peer: PeerKey,
 }
 
-/// What a rule rests on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Evidence {
-    /// Connections seen (each once per endpoint that judged it).
-    pub connections: u64,
-    /// Bytes both ways of the connections that closed.
-    pub bytes: u64,
-    /// Client pods (`namespace/name`) seen opening these connections.
-    pub source_pods: BTreeSet<String>,
-    /// RFC 3339 times of the first and last connection.
-    pub first_seen: String,
-    pub last_seen: String,
-    /// The UTC days (`YYYY-MM-DD`) connections were seen on.
-    pub days: BTreeSet<String>,
+/// An hour, as hours since 1970-01-01 UTC: the store's time bucket.
+pub type Hour = u32;
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// How a rule is keyed in an aggregate: by itself, or by itself and the hour.
+pub trait Keyed: Copy + Eq + Hash {
+    fn key(rule: RuleKey, time_ms: i64) -> Self;
+    fn rule(&self) -> RuleKey;
+    fn with_rule(self, rule: RuleKey) -> Self;
 }
 
-impl Evidence {
-    /// How sure the baseline is that this rule is part of normal behaviour, in [0, 1):
-    ///
-    /// `confidence = (1 - e^(-connections / 10)) * (0.5 + 0.5 * (d - 1) / 6)`, with `d` the
-    /// days seen, counted from 1 to 7.
-    ///
-    /// The first factor grows with how often the connection happens (10 connections give
-    /// 0.63, 30 give 0.95); the second with over how many days it was seen (a connection
-    /// seen on one day only keeps half its weight; on seven days or more, all of it), so a
-    /// one-off burst never reads as established behaviour.
-    pub fn confidence(&self) -> f64 {
-        let often = 1.0 - (-(self.connections as f64) / 10.0).exp();
-        let days = self.days.len().clamp(1, 7) as f64;
-        often * (0.5 + 0.5 * (days - 1.0) / 6.0)
+impl Keyed for RuleKey {
+    fn key(rule: RuleKey, _: i64) -> Self {
+        rule
     }
 
-    fn merge(&mut self, other: &Evidence) {
-        self.connections += other.connections;
-        self.bytes += other.bytes;
-        self.source_pods.extend(other.source_pods.iter().cloned());
-        self.days.extend(other.days.iter().cloned());
-        if self.first_seen.is_empty()
-            || (!other.first_seen.is_empty() && other.first_seen < self.first_seen)
-        {
-            self.first_seen.clone_from(&other.first_seen);
-        }
-        if other.last_seen > self.last_seen {
-            self.last_seen.clone_from(&other.last_seen);
-        }
+    fn rule(&self) -> RuleKey {
+        *self
+    }
+
+    fn with_rule(self, rule: RuleKey) -> Self {
+        rule
     }
 }
 
-/// Rules and their evidence.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Baseline {
-    pub rules: BTreeMap<RuleKey, Evidence>,
+impl Keyed for (RuleKey, Hour) {
+    fn key(rule: RuleKey, time_ms: i64) -> Self {
+        (
+            rule,
+            u32::try_from(time_ms.div_euclid(HOUR_MS)).unwrap_or(0),
+        )
+    }
+
+    fn rule(&self) -> RuleKey {
+        self.0
+    }
+
+    fn with_rule(self, rule: RuleKey) -> Self {
+        (rule, self.1)
+    }
+}
+
+/// Rules and their evidence, with the names they use.
+#[derive(Clone, Debug)]
+pub struct Rules<K> {
+    pub names: Interner,
+    pub rules: HashMap<K, Evidence, FxBuildHasher>,
     /// Records that could not be attributed to a workload (no pod name), counted.
     pub unattributed: u64,
+    /// Scratch space for bare pods' workload names.
+    buf: String,
 }
 
-impl Baseline {
+impl<K> Default for Rules<K> {
+    fn default() -> Self {
+        Self {
+            names: Interner::default(),
+            rules: HashMap::default(),
+            unattributed: 0,
+            buf: String::new(),
+        }
+    }
+}
+
+/// The baseline: one entry per rule.
+pub type Baseline = Rules<RuleKey>;
+
+/// Rules per hour: what ingestion hands to the store.
+pub type Batch = Rules<(RuleKey, Hour)>;
+
+impl<K: Keyed> Rules<K> {
     /// Count one flow record in.
-    pub fn observe(&mut self, record: &FlowRecord) {
-        if !matches!(record.kind, FlowKind::New | FlowKind::Closed) {
+    pub fn observe(&mut self, obs: &Observation<'_>) {
+        if !matches!(obs.kind, FlowKind::New | FlowKind::Closed) {
             return;
         }
-        let Some(workload) = workload_of(&record.local) else {
+        let Some(rule) = self.rule_of(obs) else {
             self.unattributed += 1;
             return;
         };
-        let peer = if record.reason == Some(Reason::Host) {
-            PeerKey::Host
-        } else if let Some(w) = workload_of(&record.remote) {
-            PeerKey::Workload(w)
-        } else {
-            PeerKey::External {
-                ip: record.remote.ip,
-                dns_name: record.remote.dns_name.clone(),
-            }
-        };
-        let key = RuleKey {
-            workload,
-            direction: record.direction,
-            peer,
-            protocol: record.protocol,
-            port: record.server_port(),
-        };
-        let evidence = self.rules.entry(key).or_default();
-        match record.kind {
-            FlowKind::New => {
-                evidence.connections += 1;
-                let client = match record.direction {
-                    Direction::Egress => &record.local,
-                    Direction::Ingress => &record.remote,
-                };
-                if let Some(pod) = &client.pod {
-                    evidence.source_pods.insert(pod.clone());
-                }
-                if evidence.first_seen.is_empty() || record.time < evidence.first_seen {
-                    evidence.first_seen.clone_from(&record.time);
-                }
-                if record.time > evidence.last_seen {
-                    evidence.last_seen.clone_from(&record.time);
-                }
-                if let Some(day) = record.time.get(..10) {
-                    evidence.days.insert(day.to_owned());
-                }
-            }
-            FlowKind::Closed => {
-                if let Some(c) = record.counters {
-                    evidence.bytes += c.bytes_from_pod + c.bytes_to_pod;
-                }
-            }
+        let client = obs.client().pod.map(|p| self.names.intern(p));
+        let evidence = self.rules.entry(K::key(rule, obs.time_ms)).or_default();
+        match obs.kind {
+            FlowKind::New => evidence.count_connection(obs.time_ms, client),
+            FlowKind::Closed => evidence.bytes += obs.bytes.unwrap_or(0),
             FlowKind::Stats | FlowKind::Rejudged => {}
         }
     }
 
+    fn rule_of(&mut self, obs: &Observation<'_>) -> Option<RuleKey> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let workload = obs.local.workload(&mut buf).map(|w| self.names.intern(w));
+        let peer = if obs.host_peer {
+            Some(PeerKey::Host)
+        } else if let Some(service) = obs.remote.service {
+            Some(PeerKey::Service(self.names.intern(service)))
+        } else if let Some(w) = obs.remote.workload(&mut buf) {
+            Some(PeerKey::Workload(self.names.intern(w)))
+        } else {
+            Some(PeerKey::External {
+                ip: obs.remote.ip,
+                dns_name: obs.remote.dns_name.map(|n| self.names.intern(n)),
+            })
+        };
+        self.buf = buf;
+        Some(RuleKey {
+            workload: workload?,
+            direction: obs.direction,
+            protocol: obs.protocol,
+            port: obs.server_port(),
+            peer: peer?,
+        })
+    }
+
+    /// Add `evidence` for `key`, whose names are those of `names` (another aggregate's).
+    pub fn add(&mut self, names: &Interner, key: K, evidence: &Evidence) {
+        let key = key.with_rule(self.translate(names, key.rule()));
+        let mut translated = evidence.clone();
+        translated.source_pods = SourcePods::default();
+        for pod in evidence.source_pods.iter() {
+            translated
+                .source_pods
+                .insert(self.names.intern(names.get(pod)));
+        }
+        self.rules.entry(key).or_default().merge(&translated);
+    }
+
+    fn translate(&mut self, names: &Interner, mut rule: RuleKey) -> RuleKey {
+        let mut name = |n: Name| self.names.intern(names.get(n));
+        rule.workload = name(rule.workload);
+        rule.peer = match rule.peer {
+            PeerKey::Workload(w) => PeerKey::Workload(name(w)),
+            PeerKey::Service(s) => PeerKey::Service(name(s)),
+            PeerKey::Host => PeerKey::Host,
+            PeerKey::External { ip, dns_name } => PeerKey::External {
+                ip,
+                dns_name: dns_name.map(name),
+            },
+        };
+        rule
+    }
+
+    /// Add another aggregate (another node's, another period's) to this one.
+    pub fn merge(&mut self, other: &Rules<K>) {
+        for (key, evidence) in &other.rules {
+            self.add(&other.names, *key, evidence);
+        }
+        self.unattributed += other.unattributed;
+    }
+
+    /// `workload ns/Kind/name`, `service ns/name`, `the pod's node`, `external IP (name)`.
+    pub fn describe_peer(&self, peer: &PeerKey) -> String {
+        match *peer {
+            PeerKey::Workload(w) => format!("workload {}", self.names.get(w)),
+            PeerKey::Service(s) => format!("service {}", self.names.get(s)),
+            PeerKey::Host => "the pod's node".to_owned(),
+            PeerKey::External {
+                ip,
+                dns_name: Some(n),
+            } => format!("external {ip} ({})", self.names.get(n)),
+            PeerKey::External { ip, dns_name: None } => format!("external {ip}"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+impl Batch {
+    /// The hours folded away: one entry per rule.
+    pub fn into_baseline(self) -> Baseline {
+        let mut rules: HashMap<RuleKey, Evidence, FxBuildHasher> = HashMap::default();
+        for ((rule, _), evidence) in self.rules {
+            rules.entry(rule).or_default().merge(&evidence);
+        }
+        Baseline {
+            names: self.names,
+            rules,
+            unattributed: self.unattributed,
+            buf: String::new(),
+        }
+    }
+}
+
+impl Baseline {
     /// Is the baseline stable at `now`: has no rule appeared for `quiet`? (An empty baseline
     /// is not: nothing was learned yet.)
     pub fn is_stable(&self, now: SystemTime, quiet: Duration) -> bool {
-        let since = cutoff(now, quiet);
-        !self.rules.is_empty() && self.rules.values().all(|e| e.first_seen < since)
+        let since = cutoff_ms(now, quiet);
+        !self.rules.is_empty() && self.rules.values().all(|e| e.first_seen_ms < since)
     }
 
     /// Remove the rules not seen for `max_age` at `now`; returns them.
     pub fn expire(&mut self, now: SystemTime, max_age: Duration) -> Vec<(RuleKey, Evidence)> {
-        let before = cutoff(now, max_age);
-        let (old, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.rules)
-            .into_iter()
-            .partition(|(_, e)| e.last_seen < before);
-        self.rules = kept;
-        old.into_iter().collect()
+        let before = cutoff_ms(now, max_age);
+        let old: Vec<RuleKey> = self
+            .rules
+            .iter()
+            .filter(|(_, e)| e.last_seen_ms < before)
+            .map(|(k, _)| *k)
+            .collect();
+        old.into_iter()
+            .filter_map(|k| self.rules.remove_entry(&k))
+            .collect()
     }
 
-    /// Add another baseline (another node's, another period's) to this one.
-    pub fn merge(&mut self, other: &Baseline) {
-        for (key, evidence) in &other.rules {
-            self.rules.entry(key.clone()).or_default().merge(evidence);
-        }
-        self.unattributed += other.unattributed;
+    /// The rules in a stable order: by workload, direction, peer, protocol and port, by name.
+    pub fn sorted(&self) -> Vec<(&RuleKey, &Evidence)> {
+        let mut rules: Vec<_> = self.rules.iter().collect();
+        rules.sort_by_cached_key(|(k, _)| self.sort_key(k));
+        rules
+    }
+
+    fn sort_key(&self, k: &RuleKey) -> (String, Direction, String, Protocol, Option<u16>) {
+        let peer = match k.peer {
+            PeerKey::Workload(w) => format!("0 {}", self.names.get(w)),
+            PeerKey::Service(s) => format!("1 {}", self.names.get(s)),
+            PeerKey::Host => "2".to_owned(),
+            PeerKey::External { ip, .. } => format!("3 {ip:?}"),
+        };
+        (
+            self.names.get(k.workload).to_owned(),
+            k.direction,
+            peer,
+            k.protocol,
+            k.port,
+        )
     }
 }
 
-/// `now - age` in the records' time format (RFC 3339, UTC, milliseconds), which orders as
-/// text the way it orders as time.
-fn cutoff(now: SystemTime, age: Duration) -> String {
-    let at = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// A peer's workload: its own, or `namespace/Pod/name` for a pod without one.
-fn workload_of(peer: &model::Peer) -> Option<String> {
-    if let Some(w) = &peer.workload {
-        return Some(w.clone());
-    }
-    let pod = peer.pod.as_ref()?;
-    let (namespace, name) = pod.split_once('/')?;
-    Some(format!("{namespace}/Pod/{name}"))
+/// Unix milliseconds of `now - age`.
+fn cutoff_ms(now: SystemTime, age: Duration) -> i64 {
+    let at = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
-    use model::{Counters, Mode, Peer, Verdict};
-
     use super::*;
+    use crate::observation::Side;
 
-    fn peer(ip: &str, port: u16, pod: Option<&str>, workload: Option<&str>) -> Peer {
-        Peer {
+    const T0: i64 = 1_764_324_000_000; // 2025-11-28T10:00:00Z
+
+    fn side(
+        ip: &str,
+        port: u16,
+        pod: Option<&'static str>,
+        workload: Option<&'static str>,
+    ) -> Side<'static> {
+        Side {
             ip: ip.parse().unwrap(),
             port,
-            pod: pod.map(str::to_owned),
+            pod,
+            workload,
             dns_name: None,
-            workload: workload.map(str::to_owned),
-            labels: BTreeMap::new(),
+            service: None,
         }
     }
 
-    /// `frontend-1` (a pod of shop/Deployment/frontend) connecting from `client_port` to
-    /// the api pod on 8080, as frontend's endpoint records it.
-    fn egress(time: &str, pod: &str, client_port: u16) -> FlowRecord {
-        FlowRecord {
-            time: time.into(),
+    /// `pod` (of shop/Deployment/frontend) connecting from `client_port` to the api pod on
+    /// 8080, as frontend's endpoint records it.
+    fn egress(time_ms: i64, pod: &'static str, client_port: u16) -> Observation<'static> {
+        Observation {
             kind: FlowKind::New,
-            interface: "pl-x-1".into(),
-            ifindex: 7,
-            endpoint: 7,
+            time_ms,
             direction: Direction::Egress,
             protocol: Protocol::Tcp,
-            local: peer(
+            local: side(
                 "10.244.0.2",
                 client_port,
                 Some(pod),
                 Some("shop/Deployment/frontend"),
             ),
-            remote: peer(
+            remote: side(
                 "10.244.0.3",
                 8080,
                 Some("shop/api-1"),
                 Some("shop/Deployment/api"),
             ),
-            verdict: Verdict::Allow,
-            mode: Mode::Learn,
-            rule: None,
-            policy: None,
-            reason: Some(Reason::Learn),
-            counters: None,
+            host_peer: false,
+            bytes: None,
         }
     }
 
-    fn frontend_to_api() -> RuleKey {
-        RuleKey {
-            workload: "shop/Deployment/frontend".into(),
-            direction: Direction::Egress,
-            peer: PeerKey::Workload("shop/Deployment/api".into()),
-            protocol: Protocol::Tcp,
-            port: Some(8080),
-        }
+    fn rule_names(b: &Baseline, k: &RuleKey) -> (String, Direction, String, Option<u16>) {
+        let peer = match k.peer {
+            PeerKey::Workload(w) => format!("workload {}", b.names.get(w)),
+            PeerKey::Service(s) => format!("service {}", b.names.get(s)),
+            PeerKey::Host => "host".into(),
+            PeerKey::External { ip, dns_name } => {
+                format!("external {ip} {:?}", dns_name.map(|n| b.names.get(n)))
+            }
+        };
+        (
+            b.names.get(k.workload).to_owned(),
+            k.direction,
+            peer,
+            k.port,
+        )
+    }
+
+    fn pods(b: &Baseline, e: &Evidence) -> Vec<String> {
+        let mut p: Vec<String> = e
+            .source_pods
+            .iter()
+            .map(|n| b.names.get(n).to_owned())
+            .collect();
+        p.sort();
+        p
     }
 
     #[test]
     fn ephemeral_ports_fold_into_one_rule_with_its_evidence() {
         let mut b = Baseline::default();
-        b.observe(&egress(
-            "2026-11-27T09:00:00.000Z",
-            "shop/frontend-a",
-            40001,
-        ));
-        b.observe(&egress(
-            "2026-11-28T10:00:00.000Z",
-            "shop/frontend-b",
-            51234,
-        ));
-        b.observe(&egress(
-            "2026-11-28T08:00:00.000Z",
-            "shop/frontend-a",
-            40002,
-        ));
+        b.observe(&egress(T0 - 86_400_000, "shop/frontend-a", 40001));
+        b.observe(&egress(T0, "shop/frontend-b", 51234));
+        b.observe(&egress(T0 - 7_200_000, "shop/frontend-a", 40002));
         // Periodic counters do not count as connections or bytes; the close does.
-        let mut stats = egress("2026-11-28T10:00:05.000Z", "shop/frontend-a", 40002);
+        let mut stats = egress(T0 + 5_000, "shop/frontend-a", 40002);
         stats.kind = FlowKind::Stats;
-        stats.counters = Some(Counters {
-            bytes_from_pod: 100,
-            bytes_to_pod: 900,
-            ..Counters::default()
-        });
+        stats.bytes = Some(1000);
         b.observe(&stats);
-        let mut closed = stats.clone();
+        let mut closed = stats;
         closed.kind = FlowKind::Closed;
         b.observe(&closed);
-        assert_eq!(b.rules.len(), 1);
-        let e = &b.rules[&frontend_to_api()];
+        assert_eq!(b.len(), 1);
+        let (k, e) = b.sorted()[0];
+        assert_eq!(
+            rule_names(&b, k),
+            (
+                "shop/Deployment/frontend".into(),
+                Direction::Egress,
+                "workload shop/Deployment/api".into(),
+                Some(8080)
+            )
+        );
         assert_eq!(e.connections, 3);
         assert_eq!(e.bytes, 1000);
-        assert_eq!(
-            e.source_pods,
-            BTreeSet::from(["shop/frontend-a".to_owned(), "shop/frontend-b".to_owned()])
-        );
-        assert_eq!(e.first_seen, "2026-11-27T09:00:00.000Z");
-        assert_eq!(e.last_seen, "2026-11-28T10:00:00.000Z");
-        assert_eq!(e.days.len(), 2);
+        assert_eq!(pods(&b, e), ["shop/frontend-a", "shop/frontend-b"]);
+        assert_eq!((e.first_seen_ms, e.last_seen_ms), (T0 - 86_400_000, T0));
+        assert_eq!(e.days.count(), 2);
     }
 
     #[test]
     fn the_server_side_sets_the_port_and_the_client_is_the_source() {
         // The api's endpoint sees the same connection as ingress on its own port.
         let mut b = Baseline::default();
-        let mut ingress = egress("2026-11-28T10:00:00.000Z", "shop/frontend-a", 40001);
+        let mut ingress = egress(T0, "shop/frontend-a", 40001);
         ingress.direction = Direction::Ingress;
         std::mem::swap(&mut ingress.local, &mut ingress.remote);
         b.observe(&ingress);
-        let (key, e) = b.rules.iter().next().unwrap();
-        assert_eq!(key.workload, "shop/Deployment/api");
-        assert_eq!(key.port, Some(8080));
+        let (k, e) = b.sorted()[0];
         assert_eq!(
-            key.peer,
-            PeerKey::Workload("shop/Deployment/frontend".into())
+            rule_names(&b, k),
+            (
+                "shop/Deployment/api".into(),
+                Direction::Ingress,
+                "workload shop/Deployment/frontend".into(),
+                Some(8080)
+            )
         );
-        assert_eq!(
-            e.source_pods,
-            BTreeSet::from(["shop/frontend-a".to_owned()])
-        );
+        assert_eq!(pods(&b, e), ["shop/frontend-a"]);
     }
 
     #[test]
-    fn external_peers_stay_exact_with_their_names_and_the_node_is_its_own_peer() {
+    fn services_externals_with_names_and_the_node_are_peers_of_their_own() {
         let mut b = Baseline::default();
-        let mut out = egress("2026-11-28T10:00:00.000Z", "shop/frontend-a", 40001);
-        out.remote = peer("203.0.113.10", 443, None, None);
-        out.remote.dns_name = Some("payments.example.com".into());
+        let mut out = egress(T0, "shop/frontend-a", 40001);
+        out.remote = side("203.0.113.10", 443, None, None);
+        out.remote.dns_name = Some("payments.example.com");
         b.observe(&out);
-        let mut probe = egress("2026-11-28T10:00:00.000Z", "shop/frontend-a", 40001);
+        let mut via_service = egress(T0, "shop/frontend-a", 40002);
+        via_service.remote = side("10.96.0.10", 80, None, None);
+        via_service.remote.service = Some("shop/api");
+        b.observe(&via_service);
+        let mut probe = egress(T0, "shop/frontend-a", 40003);
         probe.direction = Direction::Ingress;
-        probe.remote = peer("169.254.1.1", 52000, None, None);
+        probe.remote = side("169.254.1.1", 52000, None, None);
         probe.local.port = 8080;
-        probe.reason = Some(Reason::Host);
+        probe.host_peer = true;
         b.observe(&probe);
-        let peers: Vec<&PeerKey> = b.rules.keys().map(|k| &k.peer).collect();
-        assert!(peers.contains(&&PeerKey::External {
-            ip: "203.0.113.10".parse().unwrap(),
-            dns_name: Some("payments.example.com".into()),
-        }));
-        assert!(peers.contains(&&PeerKey::Host));
+        let peers: Vec<(String, Option<u16>)> = b
+            .sorted()
+            .iter()
+            .map(|(k, _)| {
+                let (_, _, peer, port) = rule_names(&b, k);
+                (peer, port)
+            })
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("service shop/api".to_owned(), Some(80)),
+                (
+                    "external 203.0.113.10 Some(\"payments.example.com\")".to_owned(),
+                    Some(443)
+                ),
+                ("host".to_owned(), Some(8080)),
+            ]
+        );
     }
 
     #[test]
     fn records_without_a_pod_are_counted_apart_and_bare_pods_are_their_own_workload() {
         let mut b = Baseline::default();
-        let mut unnamed = egress("2026-11-28T10:00:00.000Z", "x", 1);
+        let mut unnamed = egress(T0, "x", 1);
         unnamed.local.pod = None;
         unnamed.local.workload = None;
         b.observe(&unnamed);
-        assert_eq!((b.rules.len(), b.unattributed), (0, 1));
-        let mut bare = egress("2026-11-28T10:00:00.000Z", "shop/debug", 1);
+        assert_eq!((b.len(), b.unattributed), (0, 1));
+        let mut bare = egress(T0, "shop/debug", 1);
         bare.local.workload = None;
         b.observe(&bare);
-        assert_eq!(b.rules.keys().next().unwrap().workload, "shop/Pod/debug");
-    }
-
-    #[test]
-    fn confidence_grows_with_connections_and_days() {
-        let mut e = Evidence {
-            connections: 1,
-            ..Evidence::default()
-        };
-        e.days.insert("2026-11-28".into());
-        let once = e.confidence();
-        e.connections = 30;
-        let often = e.confidence();
-        for d in 1..7 {
-            e.days.insert(format!("2026-11-2{d}"));
-        }
-        let weekly = e.confidence();
-        assert!(
-            once < often && often < weekly && weekly < 1.0,
-            "{once} {often} {weekly}"
-        );
-        assert!(often <= 0.5 + 1e-9, "one day keeps at most half: {often}");
+        let (k, _) = b.sorted()[0];
+        assert_eq!(b.names.get(k.workload), "shop/Pod/debug");
     }
 
     fn at(rfc3339: &str) -> SystemTime {
         humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    fn ms(rfc3339: &str) -> i64 {
+        crate::observation::parse_time_ms(rfc3339).unwrap()
     }
 
     #[test]
@@ -396,56 +499,66 @@ mod tests {
             "nothing learned yet"
         );
         b.observe(&egress(
-            "2026-11-20T10:00:00.000Z",
+            ms("2026-11-20T10:00:00Z"),
             "shop/frontend-a",
             40001,
         ));
         b.observe(&egress(
-            "2026-11-27T10:00:00.000Z",
+            ms("2026-11-27T10:00:00Z"),
             "shop/frontend-a",
             40002,
         ));
         assert!(b.is_stable(at("2026-11-28T00:00:00Z"), day));
         // A new rule resets it.
-        let mut new_peer = egress("2026-11-27T12:00:00.000Z", "shop/frontend-a", 40003);
+        let mut new_peer = egress(ms("2026-11-27T12:00:00Z"), "shop/frontend-a", 40003);
         new_peer.remote.port = 9090;
         b.observe(&new_peer);
         assert!(!b.is_stable(at("2026-11-28T00:00:00Z"), day));
         assert!(b.is_stable(at("2026-11-28T13:00:00Z"), day));
         // Not seen for 3 days: gone, and returned; seen yesterday: kept.
-        let mut stale = egress("2026-11-21T10:00:00.000Z", "shop/frontend-a", 40004);
-        stale.remote = peer("203.0.113.10", 443, None, None);
+        let mut stale = egress(ms("2026-11-21T10:00:00Z"), "shop/frontend-a", 40004);
+        stale.remote = side("203.0.113.10", 443, None, None);
         b.observe(&stale);
         let expired = b.expire(at("2026-11-28T13:00:00Z"), 3 * day);
         assert_eq!(expired.len(), 1);
-        assert_eq!(b.rules.len(), 2);
+        assert_eq!(b.len(), 2);
     }
 
     #[test]
-    fn merging_baselines_is_adding_them_up() {
+    fn merging_baselines_is_adding_them_up_whatever_their_names_numbers() {
         let mut node_a = Baseline::default();
-        node_a.observe(&egress(
-            "2026-11-28T10:00:00.000Z",
-            "shop/frontend-a",
-            40001,
-        ));
+        node_a.names.intern("something else first");
+        node_a.observe(&egress(T0, "shop/frontend-a", 40001));
         let mut node_b = Baseline::default();
-        node_b.observe(&egress(
-            "2026-11-26T10:00:00.000Z",
-            "shop/frontend-b",
-            40001,
-        ));
+        node_b.observe(&egress(T0 - 2 * 86_400_000, "shop/frontend-b", 40001));
         let mut ab = node_a.clone();
         ab.merge(&node_b);
         let mut ba = node_b.clone();
         ba.merge(&node_a);
-        assert_eq!(ab, ba);
-        let e = &ab.rules[&frontend_to_api()];
+        let view = |b: &Baseline| {
+            b.sorted()
+                .iter()
+                .map(|(k, e)| (rule_names(b, k), e.connections, pods(b, e), e.days.count()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(view(&ab), view(&ba));
+        let (_, e) = ab.sorted()[0];
         assert_eq!(
-            (e.connections, e.source_pods.len(), e.days.len()),
+            (e.connections, e.source_pods.len(), e.days.count()),
             (2, 2, 2)
         );
-        assert_eq!(e.first_seen, "2026-11-26T10:00:00.000Z");
-        assert_eq!(e.last_seen, "2026-11-28T10:00:00.000Z");
+        assert_eq!((e.first_seen_ms, e.last_seen_ms), (T0 - 2 * 86_400_000, T0));
+    }
+
+    #[test]
+    fn a_batch_keeps_hours_apart_and_folds_into_the_baseline() {
+        let mut batch = Batch::default();
+        batch.observe(&egress(T0, "shop/frontend-a", 1));
+        batch.observe(&egress(T0 + 60_000, "shop/frontend-a", 2));
+        batch.observe(&egress(T0 + HOUR_MS, "shop/frontend-a", 3));
+        assert_eq!(batch.len(), 2);
+        let b = batch.into_baseline();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.sorted()[0].1.connections, 3);
     }
 }

@@ -41,6 +41,64 @@ impl std::fmt::Display for WorkloadRef {
     }
 }
 
+/// A controller reference (`metadata.ownerReferences[]` with `controller: true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+}
+
+/// The workload owning a pod: the controller chain followed up to the object people
+/// deploy — a ReplicaSet's Deployment, a Job's CronJob — or the pod itself when nothing
+/// controls it.
+///
+/// `owner_of(kind, name)` returns the controller of an object of the pod's namespace when
+/// known (a watcher's cache of ReplicaSets and Jobs). When it is not (the ReplicaSet was
+/// not cached yet), the name Kubernetes gives says it: a Deployment's ReplicaSet is
+/// `<deployment>-<pod-template-hash>`, and a CronJob's Job is `<cronjob>-<minutes>`.
+pub fn owning_workload(
+    namespace: &str,
+    pod: &str,
+    pod_labels: &BTreeMap<String, String>,
+    controller: Option<&Owner>,
+    owner_of: impl Fn(&str, &str) -> Option<Owner>,
+) -> WorkloadRef {
+    let workload = |kind: &str, name: &str| WorkloadRef {
+        namespace: namespace.to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    };
+    let Some(owner) = controller else {
+        return workload("Pod", pod);
+    };
+    match owner.kind.as_str() {
+        "ReplicaSet" => match owner_of("ReplicaSet", &owner.name) {
+            Some(up) if up.kind == "Deployment" => workload("Deployment", &up.name),
+            Some(_) => workload("ReplicaSet", &owner.name),
+            None => match pod_labels
+                .get("pod-template-hash")
+                .and_then(|hash| owner.name.strip_suffix(&format!("-{hash}")))
+            {
+                Some(deployment) => workload("Deployment", deployment),
+                None => workload("ReplicaSet", &owner.name),
+            },
+        },
+        "Job" => match owner_of("Job", &owner.name) {
+            Some(up) if up.kind == "CronJob" => workload("CronJob", &up.name),
+            Some(_) => workload("Job", &owner.name),
+            None => match owner.name.rsplit_once('-') {
+                Some((cronjob, minutes))
+                    if minutes.len() >= 8 && minutes.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    workload("CronJob", cronjob)
+                }
+                _ => workload("Job", &owner.name),
+            },
+        },
+        kind => workload(kind, &owner.name),
+    }
+}
+
 /// A pod as the learner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
@@ -286,6 +344,86 @@ mod tests {
             selector_for(&none, &pods),
             Err(SelectorError::NoPods { .. })
         ));
+    }
+
+    #[test]
+    fn pods_fold_into_the_object_people_deploy() {
+        let owner = |kind: &str, name: &str| Owner {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let hash = labels(&[("app", "api"), ("pod-template-hash", "5f6b9")]);
+        let none = |_: &str, _: &str| None;
+        let fold = |pod: &str,
+                    l: &BTreeMap<String, String>,
+                    c: Option<&Owner>,
+                    known: &dyn Fn(&str, &str) -> Option<Owner>| {
+            owning_workload("shop", pod, l, c, known).to_string()
+        };
+        let cache = |kind: &str, name: &str| match (kind, name) {
+            ("ReplicaSet", "api-5f6b9") => Some(owner("Deployment", "api")),
+            ("Job", "report-29012345") => Some(owner("CronJob", "report")),
+            _ => None,
+        };
+        let rs = owner("ReplicaSet", "api-5f6b9");
+        assert_eq!(
+            fold("api-5f6b9-x", &hash, Some(&rs), &cache),
+            "shop/Deployment/api"
+        );
+        assert_eq!(
+            fold("api-5f6b9-x", &hash, Some(&rs), &none),
+            "shop/Deployment/api",
+            "from the hash"
+        );
+        assert_eq!(
+            fold(
+                "rs-x",
+                &BTreeMap::new(),
+                Some(&owner("ReplicaSet", "rs")),
+                &none
+            ),
+            "shop/ReplicaSet/rs"
+        );
+        let job = owner("Job", "report-29012345");
+        assert_eq!(
+            fold("report-29012345-q", &BTreeMap::new(), Some(&job), &cache),
+            "shop/CronJob/report"
+        );
+        assert_eq!(
+            fold("report-29012345-q", &BTreeMap::new(), Some(&job), &none),
+            "shop/CronJob/report"
+        );
+        assert_eq!(
+            fold(
+                "migrate-q",
+                &BTreeMap::new(),
+                Some(&owner("Job", "migrate")),
+                &none
+            ),
+            "shop/Job/migrate"
+        );
+        assert_eq!(
+            fold(
+                "db-0",
+                &BTreeMap::new(),
+                Some(&owner("StatefulSet", "db")),
+                &none
+            ),
+            "shop/StatefulSet/db"
+        );
+        assert_eq!(
+            fold(
+                "exp-x",
+                &BTreeMap::new(),
+                Some(&owner("DaemonSet", "exp")),
+                &none
+            ),
+            "shop/DaemonSet/exp"
+        );
+        assert_eq!(
+            fold("debug", &BTreeMap::new(), None, &none),
+            "shop/Pod/debug"
+        );
     }
 
     #[test]

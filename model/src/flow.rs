@@ -4,7 +4,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-/// Who opened the connection, from the pod's side.
+/// Who opened the connection, from the pod's side. The side that opened it is the client,
+/// the other the server: egress = the pod is the client, the remote side the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
@@ -138,6 +139,10 @@ pub struct Peer {
     /// The DNS name the pod looked this address up by, when the agent saw the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The Service (`namespace/name`) whose ClusterIP this address is: the pod reached it
+    /// through that Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// The pod's workload (`namespace/Kind/name`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
@@ -159,8 +164,14 @@ pub struct Counters {
 /// A connection as one endpoint saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowRecord {
-    /// RFC 3339 wall-clock time of the event.
+    /// RFC 3339 wall-clock time of the event (with milliseconds): for `new` and
+    /// `rejudged` records the packet's, for `stats` and `closed` records the connection's
+    /// last packet's.
     pub time: String,
+    /// RFC 3339 time the connection was first seen (its conntrack entry's creation), on
+    /// `stats` and `closed` records; a `new` record's connection was first seen at `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
     pub kind: FlowKind,
     /// The node's interface (host side of the pod's veth) and its ifindex.
     pub interface: String,
@@ -209,6 +220,7 @@ mod tests {
     fn record(direction: Direction, protocol: Protocol) -> FlowRecord {
         FlowRecord {
             time: "2026-11-28T10:00:00.000Z".into(),
+            first_seen: None,
             kind: FlowKind::New,
             interface: "pl-demo-1".into(),
             ifindex: 7,
@@ -220,6 +232,7 @@ mod tests {
                 port: 40000,
                 pod: Some("shop/frontend".into()),
                 dns_name: None,
+                service: None,
                 workload: None,
                 labels: BTreeMap::new(),
             },
@@ -228,6 +241,7 @@ mod tests {
                 port: 8080,
                 pod: None,
                 dns_name: None,
+                service: None,
                 workload: None,
                 labels: BTreeMap::new(),
             },

@@ -6,9 +6,12 @@
 //! - [`identity`]: security identities, label sets and their stable allocator.
 //! - [`rules`]: the compiled rule form the kernel enforces and its reference evaluator.
 //! - [`netpol`]: Kubernetes NetworkPolicy: files, validation, semantics, compilation.
+//! - [`wire`]: the protobuf form of flow records (`proto/palisade/flow/v1/flow.proto`),
+//!   shared by the agent and the learner, and files of records in either form.
 pub mod flow;
 pub mod identity;
 pub mod netpol;
 pub mod rules;
+pub mod wire;
 
 pub use flow::{Counters, Direction, FlowKind, FlowRecord, Mode, Peer, Protocol, Reason, Verdict};

@@ -92,6 +92,7 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
                     ips: vec![IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10 + i as u8))],
                     ports,
                     node: NODE.to_owned(),
+                    workload: None,
                 })
                 .collect();
             Cluster {

@@ -107,6 +107,11 @@ impl Namer {
             .is_none()
             .then(|| self.dns.name_of(ip, Instant::now()).map(str::to_owned))
             .flatten();
+        // Only the remote side can be a ClusterIP: the pod's own address never is.
+        let service = interface
+            .is_none()
+            .then(|| self.names.services.get(&ip).cloned())
+            .flatten();
         let meta = pod.as_ref().and_then(|p| self.names.pods.get(p));
         Peer {
             ip,
@@ -115,6 +120,7 @@ impl Namer {
             labels: meta.map(|m| m.labels.clone()).unwrap_or_default(),
             pod,
             dns_name,
+            service,
         }
     }
 
@@ -128,6 +134,8 @@ impl Namer {
         };
         Ok(FlowRecord {
             time: self.clock.rfc3339(ev.timestamp_ns),
+            // A new connection was first seen now; a rejudged one's start is not in the event.
+            first_seen: None,
             kind,
             local: self.peer(&ev.pod_addr, ev.pod_port, Some(&interface)),
             remote: self.peer(&ev.peer_addr, ev.peer_port, None),
@@ -156,6 +164,7 @@ impl Namer {
         let interface = self.interface(ifindex);
         Ok(FlowRecord {
             time: self.clock.rfc3339(value.last_seen_ns),
+            first_seen: (value.created_ns != 0).then(|| self.clock.rfc3339(value.created_ns)),
             kind: FlowKind::Stats,
             local: self.peer(&key.pod_addr, key.pod_port, Some(&interface)),
             remote: self.peer(&key.peer_addr, key.peer_port, None),
@@ -276,6 +285,77 @@ mod tests {
         assert_eq!(r.remote.pod.as_deref(), Some("payments-api"));
         assert_eq!(r.server_port(), Some(443));
         assert_eq!(r.rule, Some(3));
+    }
+
+    #[test]
+    fn cluster_ips_name_their_service() {
+        let mut namer = namer();
+        namer
+            .names
+            .services
+            .insert("203.0.113.10".parse().unwrap(), "shop/payments".into());
+        // The pod's own address is never a ClusterIP, whatever the names say.
+        namer
+            .names
+            .services
+            .insert("10.244.0.2".parse().unwrap(), "shop/frontend".into());
+        let r = namer.event(&event()).unwrap();
+        assert_eq!(r.remote.service.as_deref(), Some("shop/payments"));
+        assert_eq!(r.local.service, None);
+        assert_eq!(
+            r.first_seen, None,
+            "a new connection was first seen at `time`"
+        );
+    }
+
+    #[test]
+    fn conntrack_records_say_when_the_connection_was_first_seen() {
+        let key = ConntrackKey {
+            endpoint: 9,
+            pod_addr: kernel_addr("10.244.0.2".parse().unwrap()),
+            peer_addr: kernel_addr("203.0.113.10".parse().unwrap()),
+            pod_port: 40_000,
+            peer_port: 443,
+            protocol: abi::proto::TCP,
+            _pad: [0; 3],
+        };
+        let value = ConntrackValue {
+            created_ns: 5_000_000_000,
+            last_seen_ns: 65_250_000_000,
+            packets_from_pod: 3,
+            bytes_from_pod: 300,
+            packets_to_pod: 2,
+            bytes_to_pod: 2000,
+            policy_revision: 1,
+            rule_id: 0,
+            direction: abi::Direction::Egress as u8,
+            verdict: abi::Verdict::Allow as u8,
+            mode: abi::Mode::Enforce as u8,
+            tcp_state: 0,
+            _pad: [0; 4],
+        };
+        let mut namer = namer();
+        let r = namer.conntrack(&key, &value).unwrap();
+        let first_seen = r.first_seen.as_deref().unwrap();
+        assert_eq!(first_seen, namer.clock.rfc3339(value.created_ns));
+        let first = humantime::parse_rfc3339(first_seen).unwrap();
+        let last = humantime::parse_rfc3339(&r.time).unwrap();
+        assert_eq!(
+            last.duration_since(first).unwrap(),
+            Duration::from_millis(60_250)
+        );
+        assert_eq!(r.remote.service, None);
+        // An entry without a creation time (none the kernel writes) has no first_seen.
+        let r = namer
+            .conntrack(
+                &key,
+                &ConntrackValue {
+                    created_ns: 0,
+                    ..value
+                },
+            )
+            .unwrap();
+        assert_eq!(r.first_seen, None);
     }
 
     #[test]

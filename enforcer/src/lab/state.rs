@@ -395,7 +395,8 @@ impl State {
     }
 
     /// What the agent needs to name flows and to find the pods' endpoints: interfaces of
-    /// attached pods, addresses of pods and external hosts, pods' labels.
+    /// attached pods, addresses of pods and external hosts, pods' labels and workloads,
+    /// Services' ClusterIPs.
     pub fn names(&self) -> Names {
         let mut names = Names::default();
         for pod in &self.pods {
@@ -426,6 +427,11 @@ impl State {
         for external in &self.externals {
             for ip in &external.addresses {
                 names.addresses.insert(*ip, external.name.clone());
+            }
+        }
+        for service in &self.services {
+            for ip in service.addresses() {
+                names.services.insert(ip, service.name.clone());
             }
         }
         names
@@ -473,6 +479,7 @@ impl State {
                         })
                         .collect(),
                     node: node.clone(),
+                    workload: p.workload.clone(),
                 })
                 .collect(),
             nodes: BTreeMap::from([(node, vec![GATEWAY_V4.into(), NODE_V6.into()])]),
@@ -594,6 +601,40 @@ externals:
         assert_eq!(state.names().interfaces["pl-t-1"], "x/a");
         // Without the agent nothing is attached; the names still say which pod is which.
         assert_eq!(self::state(false).names().interfaces["pl-t-1"], "x/a");
+    }
+
+    #[test]
+    fn workloads_and_services_are_named_for_the_agent() {
+        let topology = Topology::parse(
+            "
+namespaces: [{name: shop}]
+workloads:
+  - {kind: Deployment, name: api, namespace: shop, replicas: 1, labels: {app: api},
+     ports: [{port: 8080}]}
+services:
+  - {name: api, namespace: shop, selector: {app: api}, ports: [{port: 80, targetPort: 8080}]}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let state = plan_state(
+            &Layout::new("t").unwrap(),
+            &topology,
+            &UpOptions::new("palisade"),
+        )
+        .unwrap();
+        let names = state.names();
+        let service = &state.services[0];
+        for ip in service.addresses() {
+            assert_eq!(names.services[&ip], "shop/api");
+        }
+        assert_eq!(names.services.len(), 2, "both ClusterIPs, nothing else");
+        let cluster = state.cluster();
+        assert_eq!(
+            cluster.pods[0].workload.as_deref(),
+            Some("shop/Deployment/api")
+        );
+        assert_eq!(cluster.pods[0].workload, state.pods[0].workload);
     }
 
     #[test]

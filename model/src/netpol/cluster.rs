@@ -69,6 +69,10 @@ pub struct Pod {
     /// The node the pod runs on.
     #[serde(default)]
     pub node: String,
+    /// `namespace/Kind/name` of the workload that owns the pod (`shop/Deployment/api`);
+    /// `None` for a bare pod. The learner folds pods into workloads by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -525,6 +525,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             }],
             node: "n".into(),
+            workload: None,
         }
     }
 

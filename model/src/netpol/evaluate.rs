@@ -276,6 +276,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             }],
             node: "n".into(),
+            workload: None,
         };
         Cluster {
             namespaces: BTreeMap::from([
