@@ -26,7 +26,7 @@ use model::{Direction, FlowKind, Protocol};
 use rustc_hash::FxBuildHasher;
 
 use crate::{
-    evidence::{Evidence, SourcePods},
+    evidence::Evidence,
     intern::{Interner, Name},
     observation::Observation,
 };
@@ -173,40 +173,24 @@ impl<K: Keyed> Rules<K> {
         })
     }
 
-    /// Add `evidence` for `key`, whose names are those of `names` (another aggregate's).
-    pub fn add(&mut self, names: &Interner, key: K, evidence: &Evidence) {
-        let key = key.with_rule(self.translate(names, key.rule()));
-        let mut translated = evidence.clone();
-        translated.source_pods = SourcePods::default();
-        for pod in evidence.source_pods.iter() {
-            translated
-                .source_pods
-                .insert(self.names.intern(names.get(pod)));
+    /// Add `other`'s rules (another node's, another period's), each under the key `key`
+    /// makes of it.
+    fn add_all<J: Keyed>(&mut self, other: &Rules<J>, key: impl Fn(J, RuleKey) -> K) {
+        let names = self.names.translation(&other.names);
+        let rename = |n: Name| names[n.index()];
+        for (&j, evidence) in &other.rules {
+            let rule = rename_rule(j.rule(), &rename);
+            self.rules
+                .entry(key(j, rule))
+                .or_default()
+                .merge_renamed(evidence, rename);
         }
-        self.rules.entry(key).or_default().merge(&translated);
-    }
-
-    fn translate(&mut self, names: &Interner, mut rule: RuleKey) -> RuleKey {
-        let mut name = |n: Name| self.names.intern(names.get(n));
-        rule.workload = name(rule.workload);
-        rule.peer = match rule.peer {
-            PeerKey::Workload(w) => PeerKey::Workload(name(w)),
-            PeerKey::Service(s) => PeerKey::Service(name(s)),
-            PeerKey::Host => PeerKey::Host,
-            PeerKey::External { ip, dns_name } => PeerKey::External {
-                ip,
-                dns_name: dns_name.map(name),
-            },
-        };
-        rule
+        self.unattributed += other.unattributed;
     }
 
     /// Add another aggregate (another node's, another period's) to this one.
     pub fn merge(&mut self, other: &Rules<K>) {
-        for (key, evidence) in &other.rules {
-            self.add(&other.names, *key, evidence);
-        }
-        self.unattributed += other.unattributed;
+        self.add_all(other, |k, rule| k.with_rule(rule));
     }
 
     /// `workload ns/Kind/name`, `service ns/name`, `the pod's node`, `external IP (name)`.
@@ -225,6 +209,13 @@ impl<K: Keyed> Rules<K> {
 
     pub fn len(&self) -> usize {
         self.rules.len()
+    }
+
+    /// Forget the rules (after they were stored), keeping the names and the memory: the
+    /// next batch neither allocates its table again nor interns its names again.
+    pub fn clear(&mut self) {
+        self.rules.clear();
+        self.unattributed = 0;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -249,6 +240,11 @@ impl Batch {
 }
 
 impl Baseline {
+    /// Add a batch's rules, hours folded away.
+    pub fn merge_batch(&mut self, batch: &Batch) {
+        self.add_all(batch, |_, rule| rule);
+    }
+
     /// Is the baseline stable at `now`: has no rule appeared for `quiet`? (An empty baseline
     /// is not: nothing was learned yet.)
     pub fn is_stable(&self, now: SystemTime, quiet: Duration) -> bool {
@@ -292,6 +288,21 @@ impl Baseline {
             k.port,
         )
     }
+}
+
+/// `rule` with its names renamed.
+fn rename_rule(mut rule: RuleKey, rename: &impl Fn(Name) -> Name) -> RuleKey {
+    rule.workload = rename(rule.workload);
+    rule.peer = match rule.peer {
+        PeerKey::Workload(w) => PeerKey::Workload(rename(w)),
+        PeerKey::Service(s) => PeerKey::Service(rename(s)),
+        PeerKey::Host => PeerKey::Host,
+        PeerKey::External { ip, dns_name } => PeerKey::External {
+            ip,
+            dns_name: dns_name.map(rename),
+        },
+    };
+    rule
 }
 
 /// Unix milliseconds of `now - age`.

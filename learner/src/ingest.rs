@@ -199,7 +199,7 @@ fn commit<R: std::io::BufRead>(
     checkpoint.offset = reader.position();
     report.unattributed += batch.unattributed;
     store.commit(batch, Some(checkpoint))?;
-    *batch = Batch::default();
+    batch.clear();
     report.position = reader.position();
     Ok(())
 }

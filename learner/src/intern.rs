@@ -10,6 +10,13 @@ use rustc_hash::FxBuildHasher;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(u32);
 
+impl Name {
+    /// The name's number, from 0.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Every name seen, each once.
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
@@ -31,6 +38,20 @@ impl Interner {
     /// The name of `id`, which this interner gave out.
     pub fn get(&self, id: Name) -> &str {
         &self.names[id.0 as usize]
+    }
+
+    /// Every name, by number.
+    pub fn iter(&self) -> impl Iterator<Item = (Name, &str)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Name(i as u32), &**n))
+    }
+
+    /// `other`'s names as names of this interner, indexed by `other`'s numbers
+    /// ([`Name::index`]): to move rules between aggregates with one lookup per name.
+    pub fn translation(&mut self, other: &Interner) -> Vec<Name> {
+        other.iter().map(|(_, n)| self.intern(n)).collect()
     }
 
     pub fn len(&self) -> usize {

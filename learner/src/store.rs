@@ -592,6 +592,7 @@ fn write_batch(
         .prepare_cached("SELECT value FROM meta WHERE key = 'merged_before_hour'")?
         .query_row([], |r| r.get(0))?;
 
+    let t0 = std::time::Instant::now();
     let mut ids = Ids::default();
     // Buckets in key order: appends, and pages touched once.
     let mut buckets = Vec::with_capacity(batch.rules.len());
@@ -607,6 +608,7 @@ fn write_batch(
         buckets.push((start, id, hours, hour, e));
     }
     buckets.sort_unstable_by_key(|b| (b.0, b.1));
+    let t1 = t0.elapsed();
 
     let mut until: FxHashMap<i64, i64> = FxHashMap::default();
     let mut sources = Vec::new();
@@ -639,6 +641,7 @@ fn write_batch(
         }
     }
 
+    let t2 = t0.elapsed();
     {
         let mut touch = tx
             .prepare_cached("UPDATE rules SET until_hour = ?2 WHERE id = ?1 AND until_hour < ?2")?;
@@ -649,6 +652,7 @@ fn write_batch(
         }
     }
 
+    let t3 = t0.elapsed();
     {
         // Newest day per (pod, rule), in key order.
         sources.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
@@ -663,6 +667,10 @@ fn write_batch(
         }
     }
 
+    eprintln!(
+        "PHASES ids {t1:?} buckets {t2:?} until {t3:?} sources {:?}",
+        t0.elapsed()
+    );
     if batch.unattributed > 0 {
         tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'unattributed'")?
             .execute([to_i64(batch.unattributed)])?;

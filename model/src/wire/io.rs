@@ -291,12 +291,29 @@ impl<R: BufRead> FlowReader<R> {
             );
             return Err(self.io(wrong));
         }
-        if !self.fill_record()? {
-            return Ok(false);
-        }
         let (record, offset) = (self.records + 1, self.position);
-        let decoded = decode(self.message());
-        self.finish_record();
+        let decoded = match self.whole_frame_in_input() {
+            // The usual case: the record is whole in the input's buffer: decode it there.
+            Some((prefix, total)) => {
+                let decoded = match self.input.fill_buf() {
+                    Ok(chunk) => decode(&chunk[prefix..total]),
+                    Err(source) => return Err(self.io(source)),
+                };
+                self.input.consume(total);
+                self.position += total as u64;
+                self.records += 1;
+                self.truncated_at = None;
+                decoded
+            }
+            None => {
+                if !self.fill_record()? {
+                    return Ok(false);
+                }
+                let decoded = decode(self.message());
+                self.finish_record();
+                decoded
+            }
+        };
         decoded.map_err(|source| ReadError::Decode {
             name: self.name.clone(),
             record,
@@ -304,6 +321,19 @@ impl<R: BufRead> FlowReader<R> {
             source,
         })?;
         Ok(true)
+    }
+
+    /// When no record is partly read and the input's buffer holds the next record whole:
+    /// the ends of its length prefix and of the record in that buffer.
+    fn whole_frame_in_input(&mut self) -> Option<(usize, usize)> {
+        if self.stopped || !self.buf.is_empty() {
+            return None;
+        }
+        let chunk = self.input.fill_buf().ok()?;
+        let mut rest = chunk;
+        let len = prost::encoding::decode_varint(&mut rest).ok()?;
+        let prefix = chunk.len() - rest.len();
+        (len <= MAX_RECORD_LEN && len <= rest.len() as u64).then(|| (prefix, prefix + len as usize))
     }
 
     /// Read until `buf` holds one whole record (`true`), or the input ends (`false`, or
