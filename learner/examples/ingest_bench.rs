@@ -231,7 +231,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while reader.next_frame(|bytes| view.decode(bytes))? {
         batch.observe(&view.observation()?);
         read += 1;
-        if read % BATCH == 0 {
+        if read.is_multiple_of(BATCH) {
             entries += batch.len();
             baseline.merge_batch(&batch);
             batch.clear();
