@@ -2,9 +2,11 @@
 //! the way `palisade learn ingest` does, and measure records per second on one core and
 //! the memory each aggregated rule (edge) costs.
 //!
-//! `cargo run --release -p learner --example ingest_bench -- [RECORDS] [WORKLOADS] [--store]`
-//! (defaults: 10,000,000 records, 10,000 workloads). With `--store`, the file is also
-//! ingested into a SQLite store (`learner::ingest::ingest_file`), commits included.
+//! `cargo run --release -p learner --example ingest_bench -- [RECORDS] [WORKLOADS] [--rate N]
+//! [--store] [--file PATH]` (defaults: 10,000,000 records, 10,000 workloads, 2,000 records a
+//! second cluster-wide). With `--store`, the file is also ingested into a SQLite store
+//! (`learner::ingest::ingest_file`), commits included. `--file` keeps the generated file
+//! (and reuses it when it exists).
 //!
 //! The cluster: workloads of 3 pods in 100 namespaces, each with 3 identity labels; each
 //! workload calls 8 others (fixed at random) and every 8th also an external API by DNS
@@ -102,7 +104,7 @@ fn endpoint(w: &Workload, pod: usize, index: usize, port: u32) -> v1::Endpoint {
     }
 }
 
-fn generate(path: &PathBuf, records: u64, workloads: usize) -> std::io::Result<u64> {
+fn generate(path: &PathBuf, records: u64, workloads: usize, rate: i64) -> std::io::Result<u64> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let cluster: Vec<Workload> = (0..workloads)
         .map(|i| Workload {
@@ -120,7 +122,7 @@ fn generate(path: &PathBuf, records: u64, workloads: usize) -> std::io::Result<u
         let ci = rng.below(workloads);
         let client = &cluster[ci];
         let (cpod, spod) = (rng.below(PODS), rng.below(PODS));
-        let time_unix_ms = T0 + (n as i64) * 30_000 / 1000; // ~30 days over 10^8 records
+        let time_unix_ms = T0 + (n as i64) * 1000 / rate;
         let ephemeral = 32_768 + rng.below(28_000) as u32;
         let external = client.external && rng.below(CALLS + 1) == 0;
         let (remote, server_local) = if external {
@@ -190,10 +192,22 @@ fn generate(path: &PathBuf, records: u64, workloads: usize) -> std::io::Result<u
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    // Positional numbers: those that are not a flag's value.
+    let numbers: Vec<u64> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--file"))
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
     let records = numbers.first().copied().unwrap_or(10_000_000);
     let workloads = numbers.get(1).copied().unwrap_or(10_000) as usize;
     let with_store = args.iter().any(|a| a == "--store");
+    // `--rate N`: records a second, cluster-wide (how many records share a rule-hour).
+    let rate: i64 = args
+        .iter()
+        .position(|a| a == "--rate")
+        .and_then(|i| args.get(i + 1))
+        .map_or(2_000, |r| r.parse().expect("--rate N"));
     let dir = std::env::temp_dir().join(format!("palisade-ingest-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // `--file PATH`: generate into PATH once and keep it (to profile the reading alone).
@@ -205,11 +219,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = kept.clone().unwrap_or_else(|| dir.join("flows.pb"));
     if !path.exists() {
         let started = Instant::now();
-        let bytes = generate(&path, records, workloads)?;
+        let bytes = generate(&path, records, workloads, rate)?;
         println!(
-            "generated {records} records ({:.0} MB, {:.0} B/record) for {workloads} workloads in {:.1} s",
+            "generated {records} records ({:.0} MB, {:.0} B/record) for {workloads} workloads, {rate} records/s over {:.1} h, in {:.1} s",
             bytes as f64 / 1e6,
             bytes as f64 / records as f64,
+            records as f64 / rate as f64 / 3600.0,
             started.elapsed().as_secs_f64()
         );
     }

@@ -61,7 +61,12 @@ impl EndpointView {
             let (tag, wire_type) = decode_key(&mut body)?;
             let ctx = ctx.clone();
             match tag {
-                1 => prost::encoding::bytes::merge(wire_type, &mut self.ip, &mut body, ctx)?,
+                // Not `bytes::merge`, which goes through a `Bytes` (an allocation).
+                1 => {
+                    let ip = nested(wire_type, tag, &mut body)?;
+                    self.ip.clear();
+                    self.ip.extend_from_slice(ip);
+                }
                 2 => prost::encoding::uint32::merge(wire_type, &mut self.port, &mut body, ctx)?,
                 3 => prost::encoding::string::merge(wire_type, &mut self.pod, &mut body, ctx)?,
                 4 => prost::encoding::string::merge(wire_type, &mut self.workload, &mut body, ctx)?,

@@ -16,10 +16,10 @@
 //!   before it is a day bucket), `unattributed` (records without a pod, in total).
 //! - `names(id, name)`: workloads, pods, Services and DNS names, each once; id 0 is none.
 //! - `rules(id, workload, direction, protocol, port, peer_kind, peer_name, peer_ip,
-//!   dns_name, until_hour)`: one row per [`RuleKey`], unique; no NULLs in the key (SQLite
+//!   dns_name, last_day)`: one row per [`RuleKey`], unique; no NULLs in the key (SQLite
 //!   holds NULLs distinct in a UNIQUE constraint): no port is -1, no name 0, no IP an
-//!   empty blob. `until_hour` is the end of the rule's newest bucket, so expiry needs no
-//!   index on buckets by rule.
+//!   empty blob. `last_day` is the UTC day of the rule's newest bucket, so expiry needs no
+//!   index on buckets by rule (and an hourly commit does not rewrite every rule).
 //! - `buckets(start_hour, rule, hours, connections, bytes, first_ms, last_ms)`: `hours` is
 //!   1 or 24 (a UTC day), `first_ms`/`last_ms` are offsets from the bucket's start (3 or 4
 //!   bytes instead of 6), NULL when the bucket has bytes but no connection.
@@ -42,7 +42,7 @@ use model::{Direction, Protocol};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use self::error::{Error, Result};
 use crate::{
@@ -79,7 +79,7 @@ CREATE TABLE rules (
     peer_name INTEGER NOT NULL,
     peer_ip BLOB NOT NULL,
     dns_name INTEGER NOT NULL,
-    until_hour INTEGER NOT NULL,
+    last_day INTEGER NOT NULL,
     UNIQUE (workload, direction, protocol, port, peer_kind, peer_name, peer_ip, dns_name)
 ) STRICT;
 CREATE TABLE buckets (
@@ -188,6 +188,7 @@ pub struct StoreStats {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    cache: Cache,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,6 +228,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            cache: Cache::default(),
         };
         let op = "opening";
         store
@@ -359,15 +361,23 @@ impl Store {
     }
 
     /// Add `batch` to the store and record `checkpoint`, in one transaction.
+    ///
+    /// One writer per store: another process committing to the same file is noticed and
+    /// safe, but both would count what they read.
     pub fn commit(&mut self, batch: &Batch, checkpoint: Option<&Checkpoint>) -> Result<()> {
         let op = "committing a batch";
-        let tx = self
+        let result = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| Error::sqlite(&self.path, op, e))?;
-        write_batch(&tx, batch, checkpoint)
-            .and_then(|()| tx.commit())
-            .map_err(|e| Error::sqlite(&self.path, op, e))
+            .and_then(|tx| {
+                write_batch(&tx, &mut self.cache, batch, checkpoint)?;
+                tx.commit()
+            });
+        result.map_err(|e| {
+            // It may remember rows that were rolled back.
+            self.cache = Cache::default();
+            Error::sqlite(&self.path, op, e)
+        })
     }
 
     /// Where the learner is in `source`, as last committed.
@@ -401,6 +411,7 @@ impl Store {
         // One read transaction: names, rules and buckets of the same commit.
         let tx = self.conn.unchecked_transaction().map_err(self.err(op))?;
         let mut out = Baseline::default();
+        let t0 = std::time::Instant::now();
 
         let mut names: FxHashMap<i64, Name> = FxHashMap::default();
         {
@@ -417,6 +428,7 @@ impl Store {
             }
         }
 
+        eprintln!("LOAD names {:?}", t0.elapsed());
         let mut keys: FxHashMap<i64, RuleKey> = FxHashMap::default();
         {
             let mut s = tx
@@ -428,11 +440,13 @@ impl Store {
                 .map_err(self.err(op))?;
             let mut rows = s.query([]).map_err(self.err(op))?;
             while let Some(r) = rows.next().map_err(self.err(op))? {
-                let row = RuleRow::read(r).map_err(self.err(op))?;
-                keys.insert(row.id, row.decode(&names).map_err(|p| self.corrupt(p))?);
+                let (id, row) = RuleRow::read(r).map_err(self.err(op))?;
+                let key = row.and_then(|row| row.decode(id, &names));
+                keys.insert(id, key.map_err(|p| self.corrupt(p))?);
             }
         }
 
+        eprintln!("LOAD rules {:?}", t0.elapsed());
         let since = since_ms.unwrap_or(i64::MIN);
         let since_hour = since.div_euclid(HOUR_MS);
         let mut evidence: FxHashMap<i64, Evidence> = FxHashMap::default();
@@ -480,6 +494,7 @@ impl Store {
         }
 
         {
+            eprintln!("LOAD buckets {:?}", t0.elapsed());
             let mut s = tx
                 .prepare("SELECT rule, pod FROM sources WHERE last_day >= ?1")
                 .map_err(self.err(op))?;
@@ -498,6 +513,7 @@ impl Store {
             }
         }
 
+        eprintln!("LOAD sources {:?}", t0.elapsed());
         for (rule, e) in evidence {
             out.rules.entry(keys[&rule]).or_default().merge(&e);
         }
@@ -508,14 +524,26 @@ impl Store {
     /// `now_ms`, in one transaction. Running it again at the same time changes nothing.
     pub fn compact(&mut self, now_ms: i64, policy: &Retention) -> Result<Compacted> {
         let op = "compacting";
-        let tx = self
+        let result = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| Error::sqlite(&self.path, op, e))?;
-        let done = compact(&tx, now_ms, policy)
-            .and_then(|done| tx.commit().map(|()| done))
-            .map_err(|e| Error::sqlite(&self.path, op, e))?;
-        Ok(done)
+            .and_then(|tx| {
+                let done = compact(&tx, now_ms, policy)?;
+                tx.commit()?;
+                Ok(done)
+            });
+        match result {
+            Ok(done) => {
+                if done.rules_deleted + done.sources_deleted + done.names_deleted > 0 {
+                    self.cache = Cache::default();
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                self.cache = Cache::default();
+                Err(Error::sqlite(&self.path, op, e))
+            }
+        }
     }
 
     /// What the store holds (counting scans every table: up to a second or so for a
@@ -585,19 +613,27 @@ fn check_header(path: &Path, header: &[u8]) -> Result<()> {
 
 fn write_batch(
     tx: &Transaction<'_>,
+    cache: &mut Cache,
     batch: &Batch,
     checkpoint: Option<&Checkpoint>,
 ) -> rusqlite::Result<()> {
+    let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if cache.data_version != Some(version) {
+        // New, or another connection wrote: nothing remembered can be trusted.
+        *cache = Cache {
+            data_version: Some(version),
+            ..Cache::default()
+        };
+    }
     let merged_before: i64 = tx
         .prepare_cached("SELECT value FROM meta WHERE key = 'merged_before_hour'")?
         .query_row([], |r| r.get(0))?;
 
-    let t0 = std::time::Instant::now();
     let mut ids = Ids::default();
     // Buckets in key order: appends, and pages touched once.
     let mut buckets = Vec::with_capacity(batch.rules.len());
     for (&(rule, hour), e) in &batch.rules {
-        let id = ids.rule(tx, batch, rule)?;
+        let id = ids.rule(tx, cache, batch, rule)?;
         let hour = i64::from(hour);
         // A late hour of a day already merged goes straight into its day.
         let (start, hours) = if hour < merged_before {
@@ -608,9 +644,8 @@ fn write_batch(
         buckets.push((start, id, hours, hour, e));
     }
     buckets.sort_unstable_by_key(|b| (b.0, b.1));
-    let t1 = t0.elapsed();
 
-    let mut until: FxHashMap<i64, i64> = FxHashMap::default();
+    let mut newest: FxHashMap<i64, i64> = FxHashMap::default();
     let mut sources = Vec::new();
     {
         let mut upsert = tx.prepare_cached(BUCKET_UPSERT)?;
@@ -628,8 +663,8 @@ fn write_batch(
                 first,
                 last
             ])?;
-            let end = until.entry(rule).or_default();
-            *end = (*end).max(start + hours);
+            let newest = newest.entry(rule).or_default();
+            *newest = (*newest).max(start.div_euclid(24));
             let day = if seen {
                 e.last_seen_ms.div_euclid(DAY_MS)
             } else {
@@ -641,20 +676,23 @@ fn write_batch(
         }
     }
 
-    let t2 = t0.elapsed();
     {
-        let mut touch = tx
-            .prepare_cached("UPDATE rules SET until_hour = ?2 WHERE id = ?1 AND until_hour < ?2")?;
-        let mut until: Vec<_> = until.into_iter().collect();
-        until.sort_unstable();
-        for (rule, end) in until {
-            touch.execute([rule, end])?;
+        let mut touch =
+            tx.prepare_cached("UPDATE rules SET last_day = ?2 WHERE id = ?1 AND last_day < ?2")?;
+        let mut newer: Vec<_> = newest
+            .into_iter()
+            .filter(|(rule, day)| cache.last_day.get(rule).is_none_or(|known| known < day))
+            .collect();
+        newer.sort_unstable();
+        for (rule, day) in newer {
+            touch.execute([rule, day])?;
+            cache.last_day.insert(rule, day);
         }
     }
 
-    let t3 = t0.elapsed();
     {
-        // Newest day per (pod, rule), in key order.
+        // Newest day per (pod, rule), in key order; those already recorded for the newest
+        // day skipped.
         sources.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
         sources.dedup_by_key(|s| (s.0, s.1));
         let mut upsert = tx.prepare_cached(
@@ -663,14 +701,20 @@ fn write_batch(
              WHERE excluded.last_day > last_day",
         )?;
         for (pod, rule, day) in sources {
+            if day == cache.sources_day && cache.sources.contains(&(pod, rule)) {
+                continue;
+            }
             upsert.execute([pod, rule, day])?;
+            if day > cache.sources_day {
+                cache.sources_day = day;
+                cache.sources.clear();
+            }
+            if day == cache.sources_day {
+                cache.sources.insert((pod, rule));
+            }
         }
     }
 
-    eprintln!(
-        "PHASES ids {t1:?} buckets {t2:?} until {t3:?} sources {:?}",
-        t0.elapsed()
-    );
     if batch.unattributed > 0 {
         tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'unattributed'")?
             .execute([to_i64(batch.unattributed)])?;
@@ -693,7 +737,23 @@ fn write_batch(
     Ok(())
 }
 
-/// The store's ids of a batch's names and rules, looked up or added once per batch.
+/// What the store remembers between commits, so that a steady stream of batches costs
+/// little more than its appends: the ids of rules (and the end of their newest bucket) and
+/// the client pods already recorded for the newest day. Dropped whenever it may be wrong:
+/// after a failed commit, a compaction that deleted anything, or another connection's
+/// commit (`PRAGMA data_version`).
+#[derive(Default)]
+struct Cache {
+    data_version: Option<i64>,
+    rules: FxHashMap<RuleRow, i64>,
+    /// `last_day` by rule id, as stored.
+    last_day: FxHashMap<i64, i64>,
+    sources_day: i64,
+    /// (pod, rule) with `last_day >= sources_day` in the store.
+    sources: FxHashSet<(i64, i64)>,
+}
+
+/// A batch's names and rules by their ids in the store, looked up or added once per batch.
 #[derive(Default)]
 struct Ids {
     names: FxHashMap<Name, i64>,
@@ -723,41 +783,52 @@ impl Ids {
     fn rule(
         &mut self,
         tx: &Transaction<'_>,
+        cache: &mut Cache,
         batch: &Batch,
         rule: RuleKey,
     ) -> rusqlite::Result<i64> {
         if let Some(&id) = self.rules.get(&rule) {
             return Ok(id);
         }
-        let mut name = |n| self.name(tx, batch, n);
-        let row = RuleRow::encode(rule, &mut name)?;
-        let key = params![
-            row.workload,
-            row.direction,
-            row.protocol,
-            row.port,
-            row.peer_kind,
-            row.peer_name,
-            row.peer_ip,
-            row.dns_name
-        ];
-        let found = tx
-            .prepare_cached(
-                "SELECT id FROM rules WHERE workload = ?1 AND direction = ?2 AND protocol = ?3
-                 AND port = ?4 AND peer_kind = ?5 AND peer_name = ?6 AND peer_ip = ?7
-                 AND dns_name = ?8",
-            )?
-            .query_row(key, |r| r.get(0))
-            .optional()?;
-        let id = match found {
-            Some(id) => id,
-            None => tx
-                .prepare_cached(
-                    "INSERT INTO rules (workload, direction, protocol, port, peer_kind,
-                         peer_name, peer_ip, dns_name, until_hour)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
-                )?
-                .insert(key)?,
+        let row = RuleRow::encode(rule, &mut |n| self.name(tx, batch, n))?;
+        let id = match cache.rules.get(&row) {
+            Some(&id) => id,
+            None => {
+                let key = params![
+                    row.workload,
+                    row.direction,
+                    row.protocol,
+                    row.port,
+                    row.peer_kind,
+                    row.peer_name,
+                    row.peer_ip.as_slice(),
+                    row.dns_name
+                ];
+                let found: Option<(i64, i64)> = tx
+                    .prepare_cached(
+                        "SELECT id, last_day FROM rules WHERE workload = ?1 AND direction = ?2
+                         AND protocol = ?3 AND port = ?4 AND peer_kind = ?5 AND peer_name = ?6
+                         AND peer_ip = ?7 AND dns_name = ?8",
+                    )?
+                    .query_row(key, |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let (id, last_day) = match found {
+                    Some(found) => found,
+                    None => {
+                        let id = tx
+                            .prepare_cached(
+                                "INSERT INTO rules (workload, direction, protocol, port,
+                                     peer_kind, peer_name, peer_ip, dns_name, last_day)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+                            )?
+                            .insert(key)?;
+                        (id, 0)
+                    }
+                };
+                cache.rules.insert(row, id);
+                cache.last_day.insert(id, last_day);
+                id
+            }
         };
         self.rules.insert(rule, id);
         Ok(id)
@@ -770,16 +841,29 @@ const PEER_HOST: i64 = 2;
 const PEER_EXTERNAL: i64 = 3;
 
 /// A rule as stored: names by their ids in `names`, no NULLs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct RuleRow {
-    id: i64,
     workload: i64,
     direction: i64,
     protocol: i64,
     port: i64,
     peer_kind: i64,
     peer_name: i64,
-    peer_ip: Vec<u8>,
+    peer_ip: IpBytes,
     dns_name: i64,
+}
+
+/// An address's bytes (4 or 16), or none.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct IpBytes {
+    len: u8,
+    bytes: [u8; 16],
+}
+
+impl IpBytes {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl RuleRow {
@@ -787,21 +871,28 @@ impl RuleRow {
         rule: RuleKey,
         name: &mut impl FnMut(Name) -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<RuleRow> {
+        let none = IpBytes::default();
         let (peer_kind, peer_name, peer_ip, dns_name) = match rule.peer {
-            PeerKey::Workload(w) => (PEER_WORKLOAD, name(w)?, Vec::new(), 0),
-            PeerKey::Service(s) => (PEER_SERVICE, name(s)?, Vec::new(), 0),
-            PeerKey::Host => (PEER_HOST, 0, Vec::new(), 0),
+            PeerKey::Workload(w) => (PEER_WORKLOAD, name(w)?, none, 0),
+            PeerKey::Service(s) => (PEER_SERVICE, name(s)?, none, 0),
+            PeerKey::Host => (PEER_HOST, 0, none, 0),
             PeerKey::External { ip, dns_name } => {
-                let ip = match ip {
-                    IpAddr::V4(a) => a.octets().to_vec(),
-                    IpAddr::V6(a) => a.octets().to_vec(),
+                let mut bytes = [0; 16];
+                let len = match ip {
+                    IpAddr::V4(a) => {
+                        bytes[..4].copy_from_slice(&a.octets());
+                        4
+                    }
+                    IpAddr::V6(a) => {
+                        bytes = a.octets();
+                        16
+                    }
                 };
                 let dns = dns_name.map(&mut *name).transpose()?.unwrap_or(0);
-                (PEER_EXTERNAL, 0, ip, dns)
+                (PEER_EXTERNAL, 0, IpBytes { len, bytes }, dns)
             }
         };
         Ok(RuleRow {
-            id: 0,
             workload: name(rule.workload)?,
             direction: match rule.direction {
                 Direction::Egress => 0,
@@ -816,23 +907,40 @@ impl RuleRow {
         })
     }
 
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
-        Ok(RuleRow {
-            id: r.get(0)?,
-            workload: r.get(1)?,
-            direction: r.get(2)?,
-            protocol: r.get(3)?,
-            port: r.get(4)?,
-            peer_kind: r.get(5)?,
-            peer_name: r.get(6)?,
-            peer_ip: r.get(7)?,
-            dns_name: r.get(8)?,
-        })
+    /// The id and the row, from `SELECT id, workload, ..., dns_name`; an address that is
+    /// neither 0, 4 nor 16 bytes is what is wrong with the row.
+    fn read(
+        r: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<(i64, std::result::Result<RuleRow, String>)> {
+        let id: i64 = r.get(0)?;
+        let ip = r.get_ref(7)?.as_blob()?;
+        let mut peer_ip = IpBytes::default();
+        if !matches!(ip.len(), 0 | 4 | 16) {
+            return Ok((id, Err(format!("rule {id} has peer address {ip:?}"))));
+        }
+        peer_ip.bytes[..ip.len()].copy_from_slice(ip);
+        peer_ip.len = ip.len() as u8;
+        Ok((
+            id,
+            Ok(RuleRow {
+                workload: r.get(1)?,
+                direction: r.get(2)?,
+                protocol: r.get(3)?,
+                port: r.get(4)?,
+                peer_kind: r.get(5)?,
+                peer_name: r.get(6)?,
+                peer_ip,
+                dns_name: r.get(8)?,
+            }),
+        ))
     }
 
     /// The rule, or what is wrong with the row.
-    fn decode(&self, names: &FxHashMap<i64, Name>) -> std::result::Result<RuleKey, String> {
-        let id = self.id;
+    fn decode(
+        &self,
+        id: i64,
+        names: &FxHashMap<i64, Name>,
+    ) -> std::result::Result<RuleKey, String> {
         let bad =
             |what: &str, value: &dyn std::fmt::Debug| format!("rule {id} has {what} {value:?}");
         let name = |n: i64, what: &str| {
@@ -857,12 +965,12 @@ impl RuleRow {
             PEER_SERVICE => PeerKey::Service(name(self.peer_name, "a Service's")?),
             PEER_HOST => PeerKey::Host,
             PEER_EXTERNAL => PeerKey::External {
-                ip: if let Ok(v4) = <[u8; 4]>::try_from(&self.peer_ip[..]) {
+                ip: if let Ok(v4) = <[u8; 4]>::try_from(self.peer_ip.as_slice()) {
                     IpAddr::V4(Ipv4Addr::from(v4))
-                } else if let Ok(v6) = <[u8; 16]>::try_from(&self.peer_ip[..]) {
+                } else if let Ok(v6) = <[u8; 16]>::try_from(self.peer_ip.as_slice()) {
                     IpAddr::V6(Ipv6Addr::from(v6))
                 } else {
-                    return Err(bad("peer address", &self.peer_ip));
+                    return Err(bad("peer address", &self.peer_ip.as_slice()));
                 },
                 dns_name: match self.dns_name {
                     0 => None,
@@ -953,11 +1061,6 @@ fn compact(tx: &Transaction<'_>, now_ms: i64, policy: &Retention) -> rusqlite::R
                     "DELETE FROM buckets WHERE start_hour > ?1 AND start_hour < ?1 + 24",
                     &[day],
                 )?;
-                exec(
-                    "UPDATE rules SET until_hour = ?1 + 24 WHERE until_hour < ?1 + 24
-                     AND id IN (SELECT rule FROM buckets WHERE start_hour = ?1)",
-                    &[day],
-                )?;
                 done.hourly_merged += hourly;
                 done.daily_written +=
                     count("SELECT count(*) FROM buckets WHERE start_hour = ?1", &[day])?;
@@ -973,10 +1076,13 @@ fn compact(tx: &Transaction<'_>, now_ms: i64, policy: &Retention) -> rusqlite::R
         "DELETE FROM buckets WHERE start_hour < ?1 AND start_hour + hours <= ?1",
         &[cut_hour],
     )?;
-    done.rules_deleted = exec("DELETE FROM rules WHERE until_hour <= ?1", &[cut_hour])?;
-    // Client pods age by day: scan them when a day has passed since the last scan or
-    // rules went away, not on every compaction.
+    // Rules and client pods age by day: a rule whose newest bucket was an hour of a day
+    // that is not over keep_for ago yet stays until it is, bucketless (and so out of the
+    // baseline) for at most a day.
     let cut_day = keep_ms.div_euclid(DAY_MS);
+    done.rules_deleted = exec("DELETE FROM rules WHERE last_day < ?1", &[cut_day])?;
+    // Scan the client pods when a day has passed since the last scan or rules went away,
+    // not on every compaction.
     if done.rules_deleted > 0 || cut_day > meta("sources_cut_day").optional()?.unwrap_or(i64::MIN) {
         done.sources_deleted = exec(
             "DELETE FROM sources WHERE last_day < ?1 OR rule NOT IN (SELECT id FROM rules)",

@@ -252,7 +252,7 @@ fn the_checkpoint_is_committed_with_its_batch_or_not_at_all() {
 
     // The process dies inside the transaction: written, never committed.
     let tx = store.conn.transaction().unwrap();
-    write_batch(&tx, &batch, Some(&checkpoint(3000))).unwrap();
+    write_batch(&tx, &mut Cache::default(), &batch, Some(&checkpoint(3000))).unwrap();
     std::mem::forget(tx);
     drop(store);
     let store = Store::open(&path).unwrap();
