@@ -84,6 +84,10 @@ pub enum LearnCommand {
 }
 
 pub fn run(command: LearnCommand) -> Result<()> {
+    // Printing into a closed pipe (`palisade learn show | head`) ends the program quietly,
+    // as for other command-line tools, instead of panicking.
+    // SAFETY: restoring a signal's default action; nothing else runs yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match command {
         LearnCommand::Ingest {
             store,
