@@ -139,12 +139,13 @@ impl<K: Keyed> Rules<K> {
             self.unattributed += 1;
             return;
         };
-        let client = obs.client().pod.map(|p| self.names.intern(p));
-        let evidence = self.rules.entry(K::key(rule, obs.time_ms)).or_default();
-        match obs.kind {
-            FlowKind::New => evidence.count_connection(obs.time_ms, client),
-            FlowKind::Closed => evidence.bytes += obs.bytes.unwrap_or(0),
-            FlowKind::Stats | FlowKind::Rejudged => {}
+        let key = K::key(rule, obs.time_ms);
+        if obs.kind == FlowKind::New {
+            let client = obs.client().pod.map(|p| self.names.intern(p));
+            let evidence = self.rules.entry(key).or_default();
+            evidence.count_connection(obs.time_ms, client);
+        } else {
+            self.rules.entry(key).or_default().bytes += obs.bytes.unwrap_or(0);
         }
     }
 
