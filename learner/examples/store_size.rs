@@ -1,10 +1,12 @@
 //! How large and how fast the learner's store is for a large cluster's 30-day baseline.
 //!
-//! `cargo run --release -p learner --example store_size -- [--workloads N] [--days D] [--keep PATH]`
+//! `cargo run --release -p learner --example store_size -- [--workloads N] [--days D]
+//! [--rollout-every DAYS] [--keep PATH]`
 //!
 //! Each workload has 8 egress rules (6 to workloads, 1 to a Service, 1 to an external
 //! name) and 8 ingress rules (from the workloads that call it); each workload runs 3 pods,
-//! renamed every day (a daily rollout: the worst case for client pods and names). The
+//! renamed every day by default (a daily rollout: the worst case for client pods and
+//! names). The
 //! last 48 hours have a bucket per rule and hour, committed an hour at a time; older days
 //! have connections in 4 hours per rule, compacted into days as the learner would, once a
 //! day. Prints what the store holds, its size, and the time to commit, compact, count,
@@ -33,6 +35,7 @@ const OLD_HOURS: i64 = 4;
 struct Args {
     workloads: u32,
     days: i64,
+    rollout_every: i64,
     keep: Option<PathBuf>,
 }
 
@@ -40,6 +43,7 @@ fn args() -> Result<Args, Box<dyn Error>> {
     let mut a = Args {
         workloads: 10_000,
         days: 30,
+        rollout_every: 1,
         keep: None,
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +52,7 @@ fn args() -> Result<Args, Box<dyn Error>> {
         match flag.as_str() {
             "--workloads" => a.workloads = value.parse()?,
             "--days" => a.days = value.parse()?,
+            "--rollout-every" => a.rollout_every = value.parse::<i64>()?.max(1),
             "--keep" => a.keep = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}").into()),
         }
@@ -59,11 +64,11 @@ fn workload(w: u32) -> String {
     format!("team-{}/Deployment/service-{w}", w / 100)
 }
 
-fn pod(w: u32, day: i64, i: usize) -> String {
+fn pod(w: u32, rollout: i64, i: usize) -> String {
     format!(
         "team-{}/service-{w}-{:x}-{i:05}",
         w / 100,
-        0x5f00_0000 + day
+        0x5f00_0000 + rollout
     )
 }
 
@@ -110,7 +115,7 @@ fn rule(b: &mut Batch, n: u32, w: u32, k: u32) -> (RuleKey, u32) {
 
 /// One hour of the cluster: the rules with connections in `hour` (all of them when
 /// `all`).
-fn hour_batch(n: u32, hour: i64, all: bool) -> Batch {
+fn hour_batch(n: u32, hour: i64, all: bool, rollout_every: i64) -> Batch {
     let mut b = Batch::default();
     let day = hour.div_euclid(24);
     let h = hour.rem_euclid(24);
@@ -131,7 +136,8 @@ fn hour_batch(n: u32, hour: i64, all: bool) -> Batch {
             };
             e.days.insert(u32::try_from(day).expect("a day after 1970"));
             for i in 0..PODS {
-                e.source_pods.insert(b.names.intern(&pod(client, day, i)));
+                e.source_pods
+                    .insert(b.names.intern(&pod(client, day / rollout_every, i)));
             }
             b.rules
                 .insert((key, u32::try_from(hour).expect("an hour after 1970")), e);
@@ -158,22 +164,24 @@ fn main() -> Result<(), Box<dyn Error>> {
     let retention = Retention::default();
     let mut store = Store::open(&path)?;
     println!(
-        "{} workloads x {} rules, {} days into {}",
+        "{} workloads x {} rules, {} days, pods renamed every {} days, into {}",
         n,
         2 * EGRESS,
         args.days,
+        args.rollout_every,
         path.display()
     );
 
     let (mut full_commits, mut full_entries, mut full_time) = (0u32, 0usize, Duration::ZERO);
     let (mut sparse_time, mut compact_time, mut compacted) =
         (Duration::ZERO, Duration::ZERO, Compacted::default());
-    let mut slowest = Duration::ZERO;
+    let (mut slowest, mut slowest_compaction) =
+        (Duration::ZERO, (Duration::ZERO, Compacted::default()));
     let started = Instant::now();
     for day in first_day..end_ms / DAY_MS {
         let all = end_ms - day * DAY_MS <= 2 * DAY_MS;
         for hour in day * 24..day * 24 + 24 {
-            let batch = hour_batch(n, hour, all);
+            let batch = hour_batch(n, hour, all, args.rollout_every);
             let t = Instant::now();
             store.commit(&batch, None)?;
             let took = t.elapsed();
@@ -188,10 +196,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let t = Instant::now();
         let done = store.compact((day + 1) * DAY_MS, &retention)?;
-        compact_time += t.elapsed();
+        let took = t.elapsed();
+        compact_time += took;
+        if took > slowest_compaction.0 {
+            slowest_compaction = (took, done);
+        }
         compacted.hourly_merged += done.hourly_merged;
         compacted.daily_written += done.daily_written;
         compacted.buckets_deleted += done.buckets_deleted;
+        compacted.rules_deleted += done.rules_deleted;
+        compacted.sources_deleted += done.sources_deleted;
+        compacted.names_deleted += done.names_deleted;
         if day % 5 == 0 {
             eprintln!(
                 "  day {} of {} done after {:.0?}",
@@ -216,6 +231,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         compact_time,
         compact_time / u32::try_from(args.days)?,
         compacted
+    );
+    println!(
+        "slowest compaction: {:.1?} ({:?})",
+        slowest_compaction.0, slowest_compaction.1
     );
 
     let t = Instant::now();

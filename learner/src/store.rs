@@ -13,7 +13,8 @@
 //!
 //! # Schema (version [`SCHEMA_VERSION`])
 //! - `meta(key, value)`: `schema_version`, `merged_before_hour` (every bucket that starts
-//!   before it is a day bucket), `unattributed` (records without a pod, in total).
+//!   before it is a day bucket), `sources_cut_day` (the last expiry of client pods),
+//!   `unattributed` (records without a pod, in total).
 //! - `names(id, name)`: workloads, pods, Services and DNS names, each once; id 0 is none.
 //! - `rules(id, workload, direction, protocol, port, peer_kind, peer_name, peer_ip,
 //!   dns_name, last_day)`: one row per [`RuleKey`], unique; no NULLs in the key (SQLite
@@ -204,10 +205,11 @@ impl Store {
     /// empty one. Anything else that is not a Palisade store of [`SCHEMA_VERSION`] is
     /// refused and left as it is.
     ///
-    /// Open checks the file's header, the application id and the schema version; it does
-    /// not read every page (see [`Store::check`]): damage elsewhere surfaces as
-    /// [`Error::Corrupt`] from the operation that reads it, [`Store::baseline`] at the
-    /// latest, which reads every rule and bucket.
+    /// Open checks the file's header, the application id and the schema version, in well
+    /// under a millisecond. It does not read every page ([`Store::check`] does, at about
+    /// half a second per 100 MB, 3 s for a 10,000-workload store): damage elsewhere
+    /// surfaces as [`Error::Corrupt`] from the operation that reads it, at the latest
+    /// [`Store::baseline`], which reads every name, rule, bucket and client pod.
     pub fn open(path: &Path) -> Result<Store> {
         let fresh = match read_header(path)? {
             None => true,
@@ -235,10 +237,8 @@ impl Store {
             .conn
             .busy_timeout(Duration::from_secs(10))
             .map_err(store.err(op))?;
-        if fresh {
+        if fresh || store.check_identity()? == Identity::Empty {
             store.create().map_err(store.err("creating the schema"))?;
-        } else {
-            store.check_identity()?;
         }
         store.configure().map_err(store.err(op))?;
         Ok(store)
@@ -276,12 +276,21 @@ impl Store {
     }
 
     /// Is this an SQLite file of ours, of our schema version? Reads only.
-    fn check_identity(&self) -> Result<()> {
+    fn check_identity(&self) -> Result<Identity> {
         let op = "reading the header";
         let app_id: i32 = self
             .conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
             .map_err(self.err(op))?;
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(self.err(op))?;
+        if pages == 0 {
+            // What a crash during the creating transaction leaves once SQLite has rolled it
+            // back: nothing to lose.
+            return Ok(Identity::Empty);
+        }
         if app_id != APPLICATION_ID {
             let mut tables: Vec<String> = self
                 .conn
@@ -319,7 +328,7 @@ impl Store {
                 _ => Error::sqlite(&self.path, "reading the schema version", e),
             })?;
         match version {
-            Some(SCHEMA_VERSION) => Ok(()),
+            Some(SCHEMA_VERSION) => Ok(Identity::Ours),
             Some(found) => Err(Error::SchemaVersion {
                 path: self.path.clone(),
                 found,
@@ -346,8 +355,8 @@ impl Store {
         Ok(())
     }
 
-    /// Read every page and check its structure (`PRAGMA quick_check`): the whole file, so
-    /// seconds for a large store (see the crate's benchmark); [`Store::open`] does not.
+    /// Read every page and check its structure (`PRAGMA quick_check`): the whole file, at
+    /// about half a second per 100 MB (`examples/store_size.rs`); [`Store::open`] does not.
     pub fn check(&self) -> Result<()> {
         let problems: Vec<String> = self
             .conn
@@ -407,117 +416,14 @@ impl Store {
     /// names no rule uses. `unattributed` is 0: the store counts it in total only
     /// ([`StoreStats::unattributed`]).
     pub fn baseline(&self, since_ms: Option<i64>) -> Result<Baseline> {
-        let op = "loading the baseline";
         // One read transaction: names, rules and buckets of the same commit.
-        let tx = self.conn.unchecked_transaction().map_err(self.err(op))?;
-        let mut out = Baseline::default();
-        let t0 = std::time::Instant::now();
-
-        let mut names: FxHashMap<i64, Name> = FxHashMap::default();
-        {
-            let mut s = tx
-                .prepare("SELECT id, name FROM names")
-                .map_err(self.err(op))?;
-            let mut rows = s.query([]).map_err(self.err(op))?;
-            while let Some(r) = rows.next().map_err(self.err(op))? {
-                let name = r
-                    .get_ref(1)
-                    .and_then(|v| Ok(v.as_str()?))
-                    .map_err(self.err(op))?;
-                names.insert(r.get(0).map_err(self.err(op))?, out.names.intern(name));
-            }
-        }
-
-        eprintln!("LOAD names {:?}", t0.elapsed());
-        let mut keys: FxHashMap<i64, RuleKey> = FxHashMap::default();
-        {
-            let mut s = tx
-                .prepare(
-                    "SELECT id, workload, direction, protocol, port, peer_kind, peer_name,
-                            peer_ip, dns_name
-                     FROM rules",
-                )
-                .map_err(self.err(op))?;
-            let mut rows = s.query([]).map_err(self.err(op))?;
-            while let Some(r) = rows.next().map_err(self.err(op))? {
-                let (id, row) = RuleRow::read(r).map_err(self.err(op))?;
-                let key = row.and_then(|row| row.decode(id, &names));
-                keys.insert(id, key.map_err(|p| self.corrupt(p))?);
-            }
-        }
-
-        eprintln!("LOAD rules {:?}", t0.elapsed());
-        let since = since_ms.unwrap_or(i64::MIN);
-        let since_hour = since.div_euclid(HOUR_MS);
-        let mut evidence: FxHashMap<i64, Evidence> = FxHashMap::default();
-        {
-            let mut s = tx
-                .prepare(
-                    "SELECT rule, start_hour, connections, bytes, first_ms, last_ms
-                     FROM buckets WHERE start_hour >= ?1 AND start_hour + hours > ?2",
-                )
-                .map_err(self.err(op))?;
-            let mut rows = s
-                .query(params![since_hour.saturating_sub(23), since_hour])
-                .map_err(self.err(op))?;
-            while let Some(r) = rows.next().map_err(self.err(op))? {
-                let bucket = (|| {
-                    Ok::<_, rusqlite::Error>((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<i64>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                })()
-                .map_err(self.err(op))?;
-                let (rule, start_hour, connections, bytes, first, last) = bucket;
-                if !keys.contains_key(&rule) {
-                    return Err(self.corrupt(format!(
-                        "a bucket at hour {start_hour} belongs to rule {rule}, which is not in rules"
-                    )));
-                }
-                let e = evidence.entry(rule).or_default();
-                e.connections += to_u64(connections);
-                e.bytes += to_u64(bytes);
-                let start_ms = start_hour * HOUR_MS;
-                if let (Some(first), Some(last)) = (first, last) {
-                    let (first, last) = (start_ms + first, start_ms + last);
-                    if e.first_seen_ms == 0 || first < e.first_seen_ms {
-                        e.first_seen_ms = first;
-                    }
-                    e.last_seen_ms = e.last_seen_ms.max(last);
-                    e.days.insert(day_of_hour(start_hour));
-                }
-            }
-        }
-
-        {
-            eprintln!("LOAD buckets {:?}", t0.elapsed());
-            let mut s = tx
-                .prepare("SELECT rule, pod FROM sources WHERE last_day >= ?1")
-                .map_err(self.err(op))?;
-            let mut rows = s.query([since.div_euclid(DAY_MS)]).map_err(self.err(op))?;
-            while let Some(r) = rows.next().map_err(self.err(op))? {
-                let rule: i64 = r.get(0).map_err(self.err(op))?;
-                let pod: i64 = r.get(1).map_err(self.err(op))?;
-                if let Some(e) = evidence.get_mut(&rule) {
-                    let pod = names.get(&pod).copied().ok_or_else(|| {
-                        self.corrupt(format!(
-                            "rule {rule} has client pod {pod}, which is not in names"
-                        ))
-                    })?;
-                    e.source_pods.insert(pod);
-                }
-            }
-        }
-
-        eprintln!("LOAD sources {:?}", t0.elapsed());
-        for (rule, e) in evidence {
-            out.rules.entry(keys[&rule]).or_default().merge(&e);
-        }
-        Ok(out)
+        let tx = self.conn.unchecked_transaction();
+        tx.map_err(Invalid::Sql)
+            .and_then(|tx| load(&tx, since_ms.unwrap_or(i64::MIN)))
+            .map_err(|e| match e {
+                Invalid::Sql(e) => Error::sqlite(&self.path, "loading the baseline", e),
+                Invalid::Row(problem) => self.corrupt(problem),
+            })
     }
 
     /// Merge hourly buckets into days and delete what `policy` no longer keeps, as of
@@ -572,6 +478,14 @@ impl Store {
             free_bytes: count("PRAGMA freelist_count")? * page_size,
         })
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// A store of this schema version.
+    Ours,
+    /// An SQLite database without a single page.
+    Empty,
 }
 
 /// The file's first 100 bytes (SQLite's header), fewer if it is shorter; `None` when
@@ -936,15 +850,11 @@ impl RuleRow {
     }
 
     /// The rule, or what is wrong with the row.
-    fn decode(
-        &self,
-        id: i64,
-        names: &FxHashMap<i64, Name>,
-    ) -> std::result::Result<RuleKey, String> {
+    fn decode(&self, id: i64, names: &IdMap<Name>) -> std::result::Result<RuleKey, String> {
         let bad =
             |what: &str, value: &dyn std::fmt::Debug| format!("rule {id} has {what} {value:?}");
         let name = |n: i64, what: &str| {
-            names.get(&n).copied().ok_or_else(|| {
+            names.get(n).ok_or_else(|| {
                 format!("rule {id} refers to {what} name {n}, which is not in names")
             })
         };
@@ -986,6 +896,149 @@ impl RuleRow {
             port,
             peer,
         })
+    }
+}
+
+/// What stops a load: SQLite, or a row that makes no sense.
+enum Invalid {
+    Sql(rusqlite::Error),
+    Row(String),
+}
+
+impl From<rusqlite::Error> for Invalid {
+    fn from(e: rusqlite::Error) -> Self {
+        Invalid::Sql(e)
+    }
+}
+
+fn load(tx: &Transaction<'_>, since: i64) -> std::result::Result<Baseline, Invalid> {
+    let mut out = Baseline::default();
+
+    let mut names = Vec::new();
+    {
+        let mut s = tx.prepare("SELECT id, name FROM names ORDER BY id")?;
+        let mut rows = s.query([])?;
+        while let Some(r) = rows.next()? {
+            let name = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            names.push((r.get(0)?, out.names.intern(name)));
+        }
+    }
+    let names = IdMap::new(names);
+
+    // Rules by a dense index: buckets come in rule order within each hour, so the
+    // evidence is walked in order, not hashed into at random.
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    {
+        let mut s = tx.prepare(
+            "SELECT id, workload, direction, protocol, port, peer_kind, peer_name,
+                    peer_ip, dns_name
+             FROM rules ORDER BY id",
+        )?;
+        let mut rows = s.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, row) = RuleRow::read(r)?;
+            let key = row.and_then(|row| row.decode(id, &names));
+            keys.push(key.map_err(Invalid::Row)?);
+            ids.push((id, u32::try_from(ids.len()).expect("fewer than 2^32 rules")));
+        }
+    }
+    let rules = IdMap::new(ids);
+    let mut evidence = vec![Evidence::default(); keys.len()];
+    let mut found = vec![false; keys.len()];
+
+    let since_hour = since.div_euclid(HOUR_MS);
+    {
+        let mut s = tx.prepare(
+            "SELECT rule, start_hour, connections, bytes, first_ms, last_ms
+             FROM buckets WHERE start_hour >= ?1 AND start_hour + hours > ?2",
+        )?;
+        let mut rows = s.query(params![since_hour.saturating_sub(23), since_hour])?;
+        while let Some(r) = rows.next()? {
+            let rule: i64 = r.get(0)?;
+            let start_hour: i64 = r.get(1)?;
+            let Some(at) = rules.get(rule) else {
+                return Err(Invalid::Row(format!(
+                    "a bucket at hour {start_hour} belongs to rule {rule}, which is not in rules"
+                )));
+            };
+            let at = at as usize;
+            found[at] = true;
+            let e = &mut evidence[at];
+            e.connections += to_u64(r.get(2)?);
+            e.bytes += to_u64(r.get(3)?);
+            if let (Some(first), Some(last)) =
+                (r.get::<_, Option<i64>>(4)?, r.get::<_, Option<i64>>(5)?)
+            {
+                let start_ms = start_hour * HOUR_MS;
+                let (first, last) = (start_ms + first, start_ms + last);
+                if e.first_seen_ms == 0 || first < e.first_seen_ms {
+                    e.first_seen_ms = first;
+                }
+                e.last_seen_ms = e.last_seen_ms.max(last);
+                e.days.insert(day_of_hour(start_hour));
+            }
+        }
+    }
+
+    {
+        let mut s = tx.prepare("SELECT rule, pod FROM sources WHERE last_day >= ?1")?;
+        let mut rows = s.query([since.div_euclid(DAY_MS)])?;
+        while let Some(r) = rows.next()? {
+            let rule: i64 = r.get(0)?;
+            if let Some(at) = rules.get(rule).map(|at| at as usize)
+                && found[at]
+            {
+                let pod: i64 = r.get(1)?;
+                let pod = names.get(pod).ok_or_else(|| {
+                    Invalid::Row(format!(
+                        "rule {rule} has client pod {pod}, which is not in names"
+                    ))
+                })?;
+                evidence[at].source_pods.insert(pod);
+            }
+        }
+    }
+
+    for ((key, e), found) in keys.into_iter().zip(evidence).zip(found) {
+        if found {
+            out.rules.entry(key).or_default().merge(&e);
+        }
+    }
+    Ok(out)
+}
+
+/// Store ids to what they stand for in memory: a table when the ids are dense (rowids
+/// mostly are), a hash map otherwise.
+enum IdMap<T> {
+    Dense { first: i64, slots: Vec<Option<T>> },
+    Sparse(FxHashMap<i64, T>),
+}
+
+impl<T: Copy> IdMap<T> {
+    /// From pairs sorted by id.
+    fn new(pairs: Vec<(i64, T)>) -> Self {
+        let (Some(&(first, _)), Some(&(last, _))) = (pairs.first(), pairs.last()) else {
+            return IdMap::Sparse(FxHashMap::default());
+        };
+        let span = usize::try_from(last.saturating_sub(first)).unwrap_or(usize::MAX);
+        if span > 4 * pairs.len() + 1024 {
+            return IdMap::Sparse(pairs.into_iter().collect());
+        }
+        let mut slots = vec![None; span + 1];
+        for (id, v) in pairs {
+            slots[(id - first) as usize] = Some(v);
+        }
+        IdMap::Dense { first, slots }
+    }
+
+    fn get(&self, id: i64) -> Option<T> {
+        match self {
+            IdMap::Dense { first, slots } => usize::try_from(id.checked_sub(*first)?)
+                .ok()
+                .and_then(|i| slots.get(i).copied().flatten()),
+            IdMap::Sparse(map) => map.get(&id).copied(),
+        }
     }
 }
 
@@ -1037,7 +1090,8 @@ fn compact(tx: &Transaction<'_>, now_ms: i64, policy: &Retention) -> rusqlite::R
                 // to the first hour's bucket where there is one (which is then the day's);
                 // offsets move to the day's start.
                 exec(
-                    "INSERT INTO buckets (start_hour, rule, hours, connections, bytes, first_ms, last_ms)
+                    "INSERT INTO buckets
+                         (start_hour, rule, hours, connections, bytes, first_ms, last_ms)
                      SELECT ?1, rule, 24, sum(connections), sum(bytes),
                             min(first_ms + (start_hour - ?1) * 3600000),
                             max(last_ms + (start_hour - ?1) * 3600000)

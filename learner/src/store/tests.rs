@@ -578,3 +578,95 @@ proptest! {
         prop_assert_eq!(view(&store.baseline(None).unwrap()), folded(&[&whole]));
     }
 }
+
+#[test]
+fn what_the_store_remembers_between_commits_never_goes_stale() {
+    // Two rules of the same names; the first expires, its names stay.
+    let mut old = Batch::default();
+    let expiring = workload_rule(
+        &mut old,
+        "shop/Deployment/frontend",
+        "shop/Deployment/api",
+        8080,
+    );
+    let staying = workload_rule(
+        &mut old,
+        "shop/Deployment/frontend",
+        "shop/Deployment/api",
+        9090,
+    );
+    conn(
+        &mut old,
+        expiring,
+        T0 - 40 * DAY,
+        Some("shop/frontend-a"),
+        1,
+    );
+    conn(&mut old, staying, T0, Some("shop/frontend-a"), 1);
+    let mut again = Batch::default();
+    let back = workload_rule(
+        &mut again,
+        "shop/Deployment/frontend",
+        "shop/Deployment/api",
+        8080,
+    );
+    conn(&mut again, back, T0, Some("shop/frontend-b"), 1);
+
+    for another_connection_compacts in [false, true] {
+        let (_dir, path, mut store) = temp_store();
+        store.commit(&old, None).unwrap();
+        let done = if another_connection_compacts {
+            Store::open(&path)
+                .unwrap()
+                .compact(T0, &Retention::default())
+                .unwrap()
+        } else {
+            store.compact(T0, &Retention::default()).unwrap()
+        };
+        assert_eq!((done.rules_deleted, done.names_deleted), (1, 0));
+        // The expired rule comes back: added again, not pointed at where it was.
+        store.commit(&again, None).unwrap();
+        let mut kept = old.clone();
+        kept.rules.retain(|(rule, _), _| *rule == staying);
+        assert_eq!(
+            view(&store.baseline(None).unwrap()),
+            folded(&[&kept, &again])
+        );
+        assert_eq!(store.stats().unwrap().rules, 2);
+    }
+}
+
+#[test]
+fn a_crash_while_creating_the_store_leaves_a_file_the_next_open_initialises() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learner.db");
+    let crashed = dir.path().join("crashed.db");
+    // The first transaction of a new file, as a crash in its commit leaves it: all pages
+    // written (the header first), the journal of the empty file not yet deleted.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE t (x BLOB);
+         INSERT INTO t VALUES (randomblob(10000));",
+    )
+    .unwrap();
+    // The journal as its commit syncs it: with its magic number (written last, so that a
+    // journal is never hot before it is whole) and its count of pages, none.
+    let mut journal = std::fs::read(dir.path().join("learner.db-journal")).unwrap();
+    journal[..8].copy_from_slice(&[0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7]);
+    journal[8..12].fill(0);
+    std::fs::write(dir.path().join("crashed.db-journal"), journal).unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    std::fs::copy(&path, &crashed).unwrap();
+    assert!(
+        std::fs::read(&crashed)
+            .unwrap()
+            .starts_with(b"SQLite format 3\0")
+    );
+
+    // SQLite rolls the file back to nothing, which is no one's data: it becomes a store.
+    let mut store = Store::open(&crashed).unwrap();
+    store.commit(&varied_batch(), None).unwrap();
+    assert_eq!(store.stats().unwrap().rules, 7);
+}
