@@ -11,7 +11,9 @@ use std::{
 
 use model::Direction;
 
-use crate::propose::{Proposal, ProposedPolicy, RuleEvidence};
+use model::evidence::RuleEvidence;
+
+use crate::propose::{Proposal, ProposedPolicy};
 
 pub const EVIDENCE_FILE: &str = "evidence.jsonl";
 pub const NOTES_FILE: &str = "NOTES.md";

@@ -24,7 +24,8 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use model::{
-    Direction, Protocol,
+    Direction,
+    evidence::{RuleEvidence, Widened},
     netpol::cluster::{Cluster, NAMESPACE_NAME_LABEL, Pod, TargetPort},
 };
 use serde::Serialize;
@@ -32,7 +33,7 @@ use serde::Serialize;
 use crate::{
     baseline::{Baseline, PeerKey, RuleKey},
     evidence::Evidence,
-    widen::{Widened, Widening},
+    widen::Widening,
     workload::{PodInfo, SelectorError, WorkloadRef, selector_for},
 };
 
@@ -77,31 +78,6 @@ pub struct ProposedPolicy {
     pub workload: WorkloadRef,
     pub policy: NetworkPolicy,
     pub evidence: Vec<RuleEvidence>,
-}
-
-/// A baseline entry behind a rule of a proposed policy.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RuleEvidence {
-    /// `ns/name` of the proposed policy.
-    pub policy: String,
-    pub direction: Direction,
-    /// Index of the rule in `spec.ingress` or `spec.egress`.
-    pub rule: usize,
-    /// The peer as observed: `workload ns/Kind/name`, `service ns/name`, `external IP (name)`.
-    pub peer: String,
-    pub protocol: Protocol,
-    pub port: Option<u16>,
-    pub connections: u64,
-    pub bytes: u64,
-    pub source_pods: Vec<String>,
-    /// More client pods were seen than are kept.
-    pub source_pods_saturated: bool,
-    pub first_seen: String,
-    pub last_seen: String,
-    pub days: u32,
-    pub confidence: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub widened: Option<Widened>,
 }
 
 /// Something observed that the proposal leaves out, and why.
@@ -495,6 +471,12 @@ impl<'a> Proposer<'a> {
             direction,
             rule,
             peer: self.baseline.describe_peer(&key.peer),
+            dns_name: match key.peer {
+                PeerKey::External {
+                    dns_name: Some(n), ..
+                } => Some(self.baseline.names.get(n).to_owned()),
+                _ => None,
+            },
             protocol: key.protocol,
             port: key.port,
             connections: e.connections,

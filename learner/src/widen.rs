@@ -19,7 +19,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use model::{Direction, Protocol};
+use model::{Direction, Protocol, evidence::Widened};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -80,13 +80,6 @@ impl Default for Widening {
 /// The addresses one workload reached by one name: (workload, direction, protocol, port,
 /// DNS name).
 type NameGroup = (Name, Direction, Protocol, Option<u16>, Name);
-
-/// One external address widened, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Widened {
-    pub cidr: IpNet,
-    pub reason: String,
-}
 
 impl Widening {
     /// The widening of each external rule of `baseline` that widens.
