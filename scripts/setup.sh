@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing Palisade on a fresh Debian machine.
 #
-# Installs: Debian packages the lab and tests use, the nightly's rust-src (the eBPF
+# Installs: Debian packages the lab and tests use, Python tools the tests use, the
+# nightly's rust-src (the eBPF
 # crate builds core from source), and bpf-linker built against the nightly's own LLVM
 # (see shared DESIGN.md: a linker on another LLVM major fails with "Invalid record").
 # Finishes in seconds when everything is already there.
@@ -10,7 +11,12 @@ set -euo pipefail
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 NIGHTLY=nightly
-APT_PACKAGES=(iproute2 iputils-ping nftables util-linux procps)
+# chromium: the review report's HTML is rendered in a real browser by a test.
+APT_PACKAGES=(iproute2 iputils-ping nftables util-linux procps chromium)
+# kubernetes-validate (with jsonschema): exported policies are checked against the
+# Kubernetes schema, and CiliumNetworkPolicies against Palisade's schema of the fields it
+# emits.
+PIP_PACKAGES=(kubernetes-validate==1.37.0)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -35,6 +41,16 @@ if ((${#missing[@]})); then
     as_root apt-get update -qq || die "apt-get update failed"
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install failed for: ${missing[*]}"
+fi
+
+# --- Python tools for the tests ------------------------------------------------------
+command -v python3 >/dev/null || die "python3 not found"
+if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import jsonschema' 2>/dev/null; then
+    say "installing Python packages: ${PIP_PACKAGES[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "${PIP_PACKAGES[@]}" || die "pip install failed for: ${PIP_PACKAGES[*]}"
+    hash -r
+    command -v kubernetes-validate >/dev/null || die "kubernetes-validate is not on PATH after pip install"
 fi
 
 # --- nightly toolchain with rust-src ---------------------------------------------

@@ -10,7 +10,7 @@
 //! is always allowed.
 //! `ipBlock` peers match pod addresses too.
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -107,8 +107,11 @@ impl Decision {
 
 pub struct Evaluator<'a> {
     cluster: &'a Cluster,
-    policies: &'a [Policy],
     default: &'a dyn Fn(&Pod) -> DefaultAction,
+    /// Pods by address, and policies by namespace: a query costs the policies of two
+    /// namespaces, not of the cluster (replays evaluate millions of queries).
+    pods: HashMap<IpAddr, &'a Pod>,
+    policies: HashMap<&'a str, Vec<&'a Policy>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -118,16 +121,35 @@ impl<'a> Evaluator<'a> {
         policies: &'a [Policy],
         default: &'a dyn Fn(&Pod) -> DefaultAction,
     ) -> Self {
+        let mut pods = HashMap::new();
+        for pod in &cluster.pods {
+            for ip in &pod.ips {
+                pods.entry(ip.to_canonical()).or_insert(pod);
+            }
+        }
+        let mut by_namespace: HashMap<&str, Vec<&Policy>> = HashMap::new();
+        for policy in policies {
+            by_namespace
+                .entry(policy.name.namespace.as_str())
+                .or_default()
+                .push(policy);
+        }
         Self {
             cluster,
-            policies,
             default,
+            pods,
+            policies: by_namespace,
         }
     }
 
+    /// The pod that has `addr`.
+    pub fn pod_at(&self, addr: IpAddr) -> Option<&'a Pod> {
+        self.pods.get(&addr.to_canonical()).copied()
+    }
+
     pub fn evaluate(&self, q: &Query) -> Decision {
-        let src = self.cluster.pod_at(q.src);
-        let dst = self.cluster.pod_at(q.dst);
+        let src = self.pod_at(q.src);
+        let dst = self.pod_at(q.dst);
         if src.is_some() && src == dst {
             return Decision {
                 egress: Side::Itself,
@@ -153,11 +175,12 @@ impl<'a> Evaluator<'a> {
         pod: &'a Pod,
         direction: Direction,
     ) -> impl Iterator<Item = &'a Policy> {
-        self.policies.iter().filter(move |p| {
-            p.name.namespace == pod.namespace
-                && p.rules(direction).is_some()
-                && p.pod_selector.matches(&pod.labels)
-        })
+        self.policies
+            .get(pod.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |p| p.rules(direction).is_some() && p.pod_selector.matches(&pod.labels))
     }
 
     fn side(
