@@ -11,12 +11,15 @@ use clap::Subcommand;
 use learner::{
     baseline::Baseline,
     ingest::{self, Progress},
-    output,
     propose::{self, Options, Resolver},
     store::{Retention, Store},
     widen::{CidrGroup, Widening},
 };
 use model::netpol::cluster::Cluster;
+use policy_gen::{
+    export::write_network_policies,
+    set::{PolicySet, ReviewedPolicy},
+};
 
 #[derive(Subcommand)]
 pub enum LearnCommand {
@@ -47,7 +50,8 @@ pub enum LearnCommand {
         stable_after: Duration,
     },
     /// Propose one NetworkPolicy per workload from the baseline, with the evidence of every
-    /// rule, into a folder (one YAML file per workload, evidence.jsonl, NOTES.md).
+    /// rule, into a folder (networkpolicies/<namespace>/<name>.yaml, and NOTES.md with what
+    /// was seen but left out).
     Propose {
         #[arg(long, env = "PALISADE_LEARN_STORE")]
         store: PathBuf,
@@ -341,8 +345,20 @@ fn propose(
         );
     }
     let proposal = propose::propose(&baseline, &cluster, options);
-    let written = output::write_proposal(out, &proposal)
+    let mut set = PolicySet::default();
+    for p in proposal.policies {
+        set.insert(ReviewedPolicy {
+            policy: p.policy,
+            workload: Some(p.workload.to_string()),
+            evidence: p.evidence,
+            source: None,
+        });
+    }
+    let written = write_network_policies(out, &set)
         .with_context(|| format!("writing the proposal into {}", out.display()))?;
+    let notes = out.join(NOTES_FILE);
+    std::fs::write(&notes, notes_text(&proposal.notes))
+        .with_context(|| format!("writing {}", notes.display()))?;
     for path in &written {
         println!("{}", path.display());
     }
@@ -351,9 +367,23 @@ fn propose(
         written.len(),
         baseline.len(),
         proposal.notes.len(),
-        out.join(output::NOTES_FILE).display()
+        notes.display()
     );
     Ok(())
+}
+
+/// What the proposal leaves out, and why.
+const NOTES_FILE: &str = "NOTES.md";
+
+fn notes_text(notes: &[propose::Note]) -> String {
+    let mut text = String::from("# Observed but not in the proposal\n\n");
+    if notes.is_empty() {
+        text.push_str("Nothing: every observed connection has a rule.\n");
+    }
+    for note in notes {
+        text.push_str(&format!("- **{}**: {}\n", note.workload, note.message));
+    }
+    text
 }
 
 fn parse_resolver(s: &str) -> Result<Resolver, String> {

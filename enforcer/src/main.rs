@@ -29,9 +29,11 @@ use enforcer::{
 use ipnet::IpNet;
 use learn_cli::LearnCommand;
 use model::wire::{FlowWriter, Format};
+use policy_cli::ReviewCommand;
 use tracing_subscriber::EnvFilter;
 
 mod learn_cli;
+mod policy_cli;
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +55,21 @@ struct Node {
     /// bpffs folder for Palisade's pins.
     #[arg(long, global = true, env = "PALISADE_BPFFS_ROOT", default_value = paths::BPFFS_ROOT)]
     bpffs_root: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Enforce a node's compiled rules and identities (YAML or JSON; see
+    /// `enforcer::policy_file`). Each endpoint's rules are swapped in atomically.
+    Apply {
+        #[command(flatten)]
+        node: Node,
+        /// The file to apply.
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    #[command(flatten)]
+    Review(ReviewCommand),
 }
 
 #[derive(Subcommand)]
@@ -145,14 +162,11 @@ enum Command {
         #[arg(value_enum)]
         mode: ModeArg,
     },
-    /// Enforce a node's compiled rules and identities (YAML or JSON; see
-    /// `enforcer::policy_file`). Each endpoint's rules are swapped in atomically.
+    /// Policies: enforce a node's compiled rules, or review NetworkPolicies (export, replay
+    /// recorded traffic, diff).
     Policy {
-        #[command(flatten)]
-        node: Node,
-        /// The file to apply.
-        #[arg(short, long)]
-        file: PathBuf,
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Live connections with their counters.
     Conntrack {
@@ -326,7 +340,12 @@ fn main() -> Result<()> {
             rules::set_mode(&mut Endpoints::open_endpoints(&pins)?, ifindex, mode.into())?;
             Ok(())
         }
-        Command::Policy { node, file } => {
+        Command::Policy {
+            command: PolicyCommand::Review(command),
+        } => policy_cli::run(command),
+        Command::Policy {
+            command: PolicyCommand::Apply { node, file },
+        } => {
             let policy = NodePolicy::load(&file)?;
             let pins = enter(&node)?;
             let desired = policy.resolve(datapath::attach::ifindex_of)?;

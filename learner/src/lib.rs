@@ -13,16 +13,16 @@
 //! - [`ingest`]: files of flow records into the store, resumable, never counted twice.
 //! - [`workload`]: pods folded into their owning workload, and the smallest set of stable
 //!   labels that selects exactly a workload's pods (what a proposed policy will select).
+//! - [`connections`]: the baseline as (client, server, protocol, port) connections, for replay.
 //! - [`widen`]: the stated rules that widen exact external addresses into CIDRs.
 //! - [`propose`]: baseline -> one NetworkPolicy per workload, with the evidence per rule.
 //! - [`report`]: the baseline as a table people read.
-//! - [`output`]: a proposal as files for review (policies with their evidence as comments).
 pub mod baseline;
+pub mod connections;
 pub mod evidence;
 pub mod ingest;
 pub mod intern;
 pub mod observation;
-pub mod output;
 pub mod propose;
 pub mod record_view;
 pub mod report;

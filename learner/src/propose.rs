@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use model::{
     Direction,
-    evidence::{RuleEvidence, Widened},
+    evidence::{MANAGED_BY, RuleEvidence, WORKLOAD_ANNOTATION, Widened},
     netpol::cluster::{Cluster, NAMESPACE_NAME_LABEL, Pod, TargetPort},
 };
 use serde::Serialize;
@@ -61,11 +61,6 @@ pub struct Options {
     /// Baseline entries below this confidence are left out (with a note).
     pub min_confidence: f64,
 }
-
-/// The label proposals carry so they can be told from hand-written policies.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "palisade");
-/// The annotation naming the workload a proposal is for.
-pub const WORKLOAD_ANNOTATION: &str = "palisade.io/workload";
 
 #[derive(Clone, Debug, Default)]
 pub struct Proposal {

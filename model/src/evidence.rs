@@ -1,10 +1,22 @@
-//! The evidence behind a rule of a proposed policy: what the learner observed, in the form
-//! reviews, exports and reports show it.
+//! What the learner observed, in the forms reviews use: the evidence behind a rule of a
+//! proposed policy, and connections aggregated per (client, server, protocol, port) for
+//! replaying against a policy set.
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{Direction, Protocol};
+
+/// The label on policies Palisade proposed.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "palisade");
+/// The annotation naming the workload a proposed policy is for (`namespace/Kind/name`).
+pub const WORKLOAD_ANNOTATION: &str = "palisade.io/workload";
+/// The annotation holding the evidence of a policy's rules: a JSON array of
+/// [`RuleEvidence`] (the API server accepts any string; an object's annotations may total
+/// 256 KiB).
+pub const EVIDENCE_ANNOTATION: &str = "palisade.io/evidence";
 
 /// A baseline entry behind a rule of a proposed policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,4 +55,48 @@ pub struct RuleEvidence {
 pub struct Widened {
     pub cidr: IpNet,
     pub reason: String,
+}
+
+/// One side of a recorded connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Endpoint {
+    /// Pods of a workload (`namespace/Kind/name`).
+    Workload { workload: String },
+    /// An address outside the cluster, with the name it was looked up by.
+    External {
+        ip: IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_name: Option<String>,
+    },
+    /// A node (the pods' own: always allowed).
+    Node { ip: IpAddr },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Workload { workload } => f.write_str(workload),
+            Self::External {
+                ip,
+                dns_name: Some(name),
+            } => write!(f, "{ip} ({name})"),
+            Self::External { ip, dns_name: None } => write!(f, "{ip}"),
+            Self::Node { ip } => write!(f, "node {ip}"),
+        }
+    }
+}
+
+/// Connections of one kind, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObservedFlow {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub protocol: Protocol,
+    /// The server's port; `None` for protocols without ports.
+    pub port: Option<u16>,
+    pub connections: u64,
+    /// RFC 3339.
+    pub first_seen: String,
+    pub last_seen: String,
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use model::{
-    Direction, Protocol,
+    Direction,
     netpol::{
         cluster::{Cluster, Pod},
         evaluate::{Decision, DefaultAction, Evaluator, Query, Side},
@@ -23,49 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::set::PolicySet;
 
-/// One side of a recorded connection.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum Endpoint {
-    /// Pods of a workload (`namespace/Kind/name`).
-    Workload { workload: String },
-    /// An address outside the cluster, with the name it was looked up by.
-    External {
-        ip: IpAddr,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        dns_name: Option<String>,
-    },
-    /// A node (the pods' own: always allowed).
-    Node { ip: IpAddr },
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Workload { workload } => f.write_str(workload),
-            Self::External {
-                ip,
-                dns_name: Some(name),
-            } => write!(f, "{ip} ({name})"),
-            Self::External { ip, dns_name: None } => write!(f, "{ip}"),
-            Self::Node { ip } => write!(f, "node {ip}"),
-        }
-    }
-}
-
-/// Connections of one kind, as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ObservedFlow {
-    pub client: Endpoint,
-    pub server: Endpoint,
-    pub protocol: Protocol,
-    /// The server's port; `None` for protocols without ports.
-    pub port: Option<u16>,
-    pub connections: u64,
-    /// RFC 3339.
-    pub first_seen: String,
-    pub last_seen: String,
-}
+pub use model::evidence::{Endpoint, ObservedFlow};
 
 /// A rule of a policy: `namespace/name`, direction and index in `spec.ingress`/`egress`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -7,14 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use model::evidence::RuleEvidence;
 
-/// The annotation naming the workload a policy is for (`namespace/Kind/name`).
-pub const WORKLOAD_ANNOTATION: &str = "palisade.io/workload";
-/// The annotation holding the evidence of the policy's rules: a JSON array of
-/// [`RuleEvidence`] (the API server accepts any string; annotations of an object may total
-/// 256 KiB).
-pub const EVIDENCE_ANNOTATION: &str = "palisade.io/evidence";
-/// The label on policies Palisade generated.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "palisade");
+pub use model::evidence::{EVIDENCE_ANNOTATION, MANAGED_BY, WORKLOAD_ANNOTATION};
 
 /// One policy under review.
 #[derive(Clone, Debug, PartialEq)]

@@ -963,7 +963,13 @@ fn the_agent_enforces_its_policy_file_and_keeps_the_last_good_one() {
 
     // Only one writer: the CLI is refused while the agent owns the policy.
     let cli = std::process::Command::new(tests::palisade_bin())
-        .args(["policy", "--netns", &node.lab.node_netns(), "--bpffs-root"])
+        .args([
+            "policy",
+            "apply",
+            "--netns",
+            &node.lab.node_netns(),
+            "--bpffs-root",
+        ])
         .arg(node.lab.bpffs_root())
         .arg("-f")
         .arg(&path)
