@@ -10,8 +10,10 @@
 //! - [`import`]: reviewed files back into a policy set (round trip).
 //! - [`replay`]: recorded flows evaluated against a policy set.
 //! - [`diff`]: two policy sets compared by their replays.
+//! - [`report`]: the review report (Markdown, and HTML with the workload graph as SVG).
 pub mod diff;
 pub mod export;
 pub mod import;
 pub mod replay;
+pub mod report;
 pub mod set;
