@@ -96,6 +96,7 @@ struct Proposer<'a> {
     selectors: HashMap<WorkloadRef, Result<BTreeMap<String, String>, SelectorError>>,
     widened: HashMap<RuleKey, Widened>,
     notes: Vec<Note>,
+    pods_by_ip: HashMap<std::net::IpAddr, &'a Pod>,
 }
 
 /// A port of a rule: protocol, and number or name.
@@ -127,6 +128,11 @@ impl<'a> Proposer<'a> {
             selectors: HashMap::new(),
             widened: options.widening.apply(baseline),
             notes: Vec::new(),
+            pods_by_ip: cluster
+                .pods
+                .iter()
+                .flat_map(|p| p.ips.iter().map(move |ip| (ip.to_canonical(), p)))
+                .collect(),
         }
     }
 
@@ -418,7 +424,8 @@ impl<'a> Proposer<'a> {
 
     /// What in the cluster owns `ip`, if anything.
     fn in_cluster(&self, ip: std::net::IpAddr) -> Option<String> {
-        if let Some(p) = self.cluster.pod_at(ip) {
+        let ip = ip.to_canonical();
+        if let Some(p) = self.pods_by_ip.get(&ip) {
             return Some(format!("pod {}/{}", p.namespace, p.name));
         }
         if let Some(s) = self

@@ -8,7 +8,7 @@
 //! the reviewer left it, byte for byte: their comments and layout stay.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt::Write as _,
     fs, io,
     path::{Path, PathBuf},
@@ -34,8 +34,32 @@ pub struct Error {
 /// files written.
 pub fn write_network_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf>, Error> {
     let root = dir.join(NETWORK_POLICIES);
-    let mut written = Vec::new();
-    for policy in set.iter() {
+    let policies: Vec<&ReviewedPolicy> = set.iter().collect();
+    // Files are independent: written by a few threads, in set order within each.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    let chunk = policies.len().div_ceil(threads).max(1);
+    let written: Vec<PathBuf> = std::thread::scope(|scope| {
+        let workers: Vec<_> = policies
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| write_files(&root, part)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("an export thread panicked"))
+            .collect::<Result<Vec<Vec<PathBuf>>, Error>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    remove_stale(&root, &written)?;
+    Ok(written)
+}
+
+fn write_files(root: &Path, policies: &[&ReviewedPolicy]) -> Result<Vec<PathBuf>, Error> {
+    let mut written = Vec::with_capacity(policies.len());
+    for policy in policies {
         let path = root.join(relative_path(policy));
         let text = match &policy.source {
             Some(source) if source.unchanged(&policy.policy) => source.text.clone(),
@@ -44,7 +68,6 @@ pub fn write_network_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf
         write_if_changed(&path, &text)?;
         written.push(path);
     }
-    remove_stale(&root, &written)?;
     Ok(written)
 }
 
@@ -170,17 +193,21 @@ fn remove_stale(root: &Path, written: &[PathBuf]) -> Result<(), Error> {
     let Ok(namespaces) = fs::read_dir(root) else {
         return Ok(());
     };
+    let written: HashSet<&PathBuf> = written.iter().collect();
     for ns in namespaces.flatten() {
         let Ok(files) = fs::read_dir(ns.path()) else {
             continue;
         };
         for file in files.flatten() {
             let path = file.path();
+            if written.contains(&path) {
+                continue;
+            }
             let ours = path.extension().is_some_and(|e| e == "yaml")
                 && fs::read_to_string(&path).is_ok_and(|t| {
                     t.contains(crate::set::MANAGED_BY.1) && t.contains(WORKLOAD_ANNOTATION)
                 });
-            if ours && !written.contains(&path) {
+            if ours {
                 fs::remove_file(&path).map_err(|source| Error { path, source })?;
             }
         }

@@ -8,9 +8,11 @@
 //! - [`set`]: a policy set under review: NetworkPolicies with their workload and evidence.
 //! - [`export`]: NetworkPolicy files, one per workload, in a folder layout for pull requests.
 //! - [`import`]: reviewed files back into a policy set (round trip).
+//! - [`cilium`]: a policy as a `cilium.io/v2` CiliumNetworkPolicy, `toFQDNs` from evidence.
 //! - [`replay`]: recorded flows evaluated against a policy set.
 //! - [`diff`]: two policy sets compared by their replays.
 //! - [`report`]: the review report (Markdown, and HTML with the workload graph as SVG).
+pub mod cilium;
 pub mod diff;
 pub mod export;
 pub mod import;

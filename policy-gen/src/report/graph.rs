@@ -26,13 +26,23 @@ use crate::replay::{Endpoint, Outcome};
 pub const MAX_EDGES: usize = 150;
 
 const MARGIN: f64 = 24.0;
-const COL_W: f64 = 230.0;
+const COL_W: f64 = 220.0;
 const NODE_W: f64 = 200.0;
 const NODE_X: f64 = (COL_W - NODE_W) / 2.0;
-const GAP: f64 = 170.0;
-const HEADER: f64 = 34.0;
+/// Between columns: room for the curves.
+const GAP: f64 = 120.0;
+/// A group's title.
+const HEADER: f64 = 36.0;
+const GROUP_PAD: f64 = 10.0;
+const GROUP_GAP: f64 = 18.0;
 const NODE_H: f64 = 30.0;
-const NODE_GAP: f64 = 12.0;
+const NODE_GAP: f64 = 10.0;
+/// The SVG is at least this wide (room for the legend).
+const MIN_WIDTH: f64 = 900.0;
+/// The width of the HTML page's content; the legend wraps to it.
+const FIT_WIDTH: f64 = 1240.0;
+/// How far a curve between two boxes of one column bulges out of it, at most.
+const LOOP_MAX: f64 = 80.0;
 const CHAR_W: f64 = 6.9;
 /// Passes of the barycentre ordering inside columns (fewer crossings).
 const ORDER_PASSES: usize = 6;
@@ -45,21 +55,21 @@ const UNKNOWN: &str = "#a8a29e";
 pub fn svg(input: &ReportInput<'_>) -> String {
     let mut g = Graph::default();
     match input.replay {
-        Some(replay) => g.from_replay(input, replay),
-        None => g.from_evidence(input),
+        Some(replay) => g.add_replay(input, replay),
+        None => g.add_evidence(input),
     }
     g.render()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Column {
+enum Group {
     Nodes,
     Namespace(String),
     External,
 }
 
 struct Node {
-    column: Column,
+    group: Group,
     label: String,
     /// A short kind after the label (`deploy`, `sts`, `svc`).
     kind: String,
@@ -80,6 +90,8 @@ enum Kind {
 struct Edge {
     from: usize,
     to: usize,
+    /// The side whose policy denies it, for a denied flow.
+    denier: Option<usize>,
     connections: u64,
     kind: Kind,
     tooltip: String,
@@ -115,7 +127,7 @@ impl Graph {
                 _ => (String::new(), workload),
             };
             Node {
-                column: Column::Namespace(ns.unwrap_or_default().to_string()),
+                group: Group::Namespace(ns.unwrap_or_default().to_string()),
                 label: name.to_string(),
                 kind,
                 tooltip: workload.to_string(),
@@ -128,7 +140,7 @@ impl Graph {
         match e {
             Endpoint::Workload { workload } => self.workload(workload),
             Endpoint::External { ip, dns_name } => self.node(format!("x:{ip}"), || Node {
-                column: Column::External,
+                group: Group::External,
                 label: dns_name.clone().unwrap_or_else(|| ip.to_string()),
                 kind: if dns_name.is_some() {
                     ip.to_string()
@@ -145,7 +157,7 @@ impl Graph {
     /// The pods' nodes, as one: which node does not matter to a policy.
     fn host(&mut self) -> usize {
         self.node("n:".into(), || Node {
-            column: Column::Nodes,
+            group: Group::Nodes,
             label: "cluster nodes".into(),
             kind: String::new(),
             tooltip: "the pods' nodes (kubelet probes, host-network pods)".into(),
@@ -163,7 +175,7 @@ impl Graph {
             return self.node(format!("s:{s}"), || {
                 let (ns, name) = s.split_once('/').unwrap_or(("", s));
                 Node {
-                    column: Column::Namespace(ns.to_string()),
+                    group: Group::Namespace(ns.to_string()),
                     label: name.to_string(),
                     kind: "svc".into(),
                     tooltip: peer.to_string(),
@@ -181,7 +193,7 @@ impl Graph {
             .map(|(_, n)| n.trim_end_matches(')'))
             .or(dns_name);
         self.node(format!("x:{addr}"), || Node {
-            column: Column::External,
+            group: Group::External,
             label: named.unwrap_or(addr).to_string(),
             kind: if named.is_some() {
                 addr.to_string()
@@ -200,7 +212,7 @@ impl Graph {
                 None => {
                     let id = p.id();
                     self.node(format!("p:{id}"), || Node {
-                        column: Column::Namespace(p.namespace().to_string()),
+                        group: Group::Namespace(p.namespace().to_string()),
                         label: p.name().to_string(),
                         kind: "policy".into(),
                         tooltip: format!("policy {id} (workload unknown)"),
@@ -212,7 +224,7 @@ impl Graph {
         }
     }
 
-    fn from_replay(&mut self, input: &ReportInput<'_>, replay: &crate::replay::Replay) {
+    fn add_replay(&mut self, input: &ReportInput<'_>, replay: &crate::replay::Replay) {
         let mut edges = Vec::new();
         for (f, o) in &replay.flows {
             let from = self.endpoint(&f.client);
@@ -241,9 +253,18 @@ impl Graph {
             if let Kind::Rule(c) = kind {
                 let _ = write!(tooltip, "; confidence {c:.2} {}", confidence_level(c).0);
             }
+            let denier = match o {
+                Outcome::Denied {
+                    direction: Direction::Egress,
+                    ..
+                } => Some(from),
+                Outcome::Denied { .. } => Some(to),
+                _ => None,
+            };
             edges.push(Edge {
                 from,
                 to,
+                denier,
                 connections: f.connections,
                 kind,
                 tooltip,
@@ -252,11 +273,10 @@ impl Graph {
         self.keep(input, edges);
     }
 
-    fn from_evidence(&mut self, input: &ReportInput<'_>) {
+    fn add_evidence(&mut self, input: &ReportInput<'_>) {
         // Both sides' policies carry evidence of the same traffic: one edge per client,
         // server, protocol and port, with the most connections and confidence either saw.
-        let mut merged: BTreeMap<(usize, usize, Protocol, Option<u16>), (u64, f64, String)> =
-            BTreeMap::new();
+        let mut merged: BTreeMap<EdgeKey, (u64, f64, String)> = BTreeMap::new();
         self.mark_policies(input);
         for p in input.policies.iter() {
             let own = match &p.workload {
@@ -269,9 +289,10 @@ impl Graph {
                     Direction::Ingress => (other, own),
                     Direction::Egress => (own, other),
                 };
-                let entry = merged
-                    .entry((from, to, e.protocol, e.port))
-                    .or_insert((0, 0.0, String::new()));
+                let entry =
+                    merged
+                        .entry((from, to, e.protocol, e.port))
+                        .or_insert((0, 0.0, String::new()));
                 entry.0 = entry.0.max(e.connections);
                 entry.1 = entry.1.max(e.confidence);
                 if entry.2.is_empty() {
@@ -284,6 +305,7 @@ impl Graph {
             .map(|((from, to, protocol, p), (connections, c, rule))| Edge {
                 from,
                 to,
+                denier: None,
                 connections,
                 kind: Kind::Rule(c),
                 tooltip: format!(
@@ -333,6 +355,7 @@ impl Graph {
         for e in &mut edges {
             e.from = remap[&e.from];
             e.to = remap[&e.to];
+            e.denier = e.denier.map(|d| remap[&d]);
         }
         self.edges = edges;
     }
@@ -340,19 +363,21 @@ impl Graph {
     fn render(&self) -> String {
         let layout = Layout::new(self);
         let mut out = String::new();
-        let legend = Legend::new(layout.width);
+        let width = layout.width.max(MIN_WIDTH);
+        let legend = Legend::new(width.min(FIT_WIDTH));
         let top = MARGIN + legend.height + if self.truncated() { 24.0 } else { 0.0 };
         let height = top + layout.height + MARGIN;
         let _ = write!(
             out,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" class="workload-graph" width="{w:.0}" height="{height:.0}" viewBox="0 0 {w:.0} {height:.0}" role="img" aria-label="Workload graph" font-family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif" font-size="12">"#,
-            w = layout.width,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" class="workload-graph{fit}" width="{w:.0}" height="{height:.0}" viewBox="0 0 {w:.0} {height:.0}" role="img" aria-label="Workload graph" font-family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif" font-size="12">"#,
+            w = width,
+            // Scaled down to the page when that keeps the text legible, else scrolled.
+            fit = if width <= FIT_WIDTH * 1.4 { " fit" } else { "" },
         );
         out.push_str("<title>Workload graph: recorded flows between workloads</title>");
         let _ = write!(
             out,
-            r##"<rect x="0" y="0" width="{:.0}" height="{height:.0}" fill="#ffffff"/>"##,
-            layout.width
+            r##"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="#ffffff"/>"##
         );
         legend.render(&mut out);
         if self.truncated() {
@@ -398,98 +423,89 @@ fn short_kind(kind: &str) -> String {
     .into()
 }
 
+/// Client, server, protocol and port.
+type EdgeKey = (usize, usize, Protocol, Option<u16>);
+
+/// x, y and the side of the box.
+type Point = (f64, f64, Side);
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Side {
     Left,
     Right,
 }
 
+/// A group's box: its column, top and height.
+struct GroupBox {
+    group: Group,
+    column: usize,
+    y: f64,
+    h: f64,
+}
+
 struct Layout {
-    columns: Vec<(Column, Vec<usize>)>,
-    col_x: Vec<f64>,
-    col_h: Vec<f64>,
-    /// Per node: its column, x, y and height.
-    at: Vec<(usize, f64, f64, f64)>,
+    groups: Vec<GroupBox>,
+    /// Per node: x, y and height of its box.
+    at: Vec<(f64, f64, f64)>,
     /// Per edge: start and end points (the end is on the box: the arrow's tip).
-    ends: Vec<((f64, f64, Side), (f64, f64, Side))>,
+    ends: Vec<(Point, Point)>,
     width: f64,
     height: f64,
 }
 
 impl Layout {
+    /// Groups (namespaces, the nodes, the outside) are boxes stacked in columns; a group's
+    /// column follows the direction of the traffic between groups (clients left of their
+    /// servers, the outside last), so most curves run left to right between neighbouring
+    /// columns; inside a column, boxes and nodes are ordered to cross few curves.
     fn new(g: &Graph) -> Self {
-        // Columns in order: nodes, namespaces by name, outside the cluster.
-        let mut by_column: BTreeMap<&Column, Vec<usize>> = BTreeMap::new();
-        for (i, n) in g.nodes.iter().enumerate() {
-            by_column.entry(&n.column).or_default().push(i);
-        }
-        let mut columns: Vec<(Column, Vec<usize>)> = by_column
+        let groups: Vec<&Group> = g
+            .nodes
+            .iter()
+            .map(|n| &n.group)
+            .collect::<BTreeSet<_>>()
             .into_iter()
-            .map(|(c, mut ns)| {
-                ns.sort_by(|&a, &b| g.nodes[a].label.cmp(&g.nodes[b].label).then(a.cmp(&b)));
-                (c.clone(), ns)
-            })
             .collect();
-        let mut col_of = vec![0; g.nodes.len()];
-        for (ci, (_, ns)) in columns.iter().enumerate() {
-            for &n in ns {
-                col_of[n] = ci;
-            }
+        let group_of: Vec<usize> = g
+            .nodes
+            .iter()
+            .map(|n| groups.binary_search(&&n.group).unwrap_or_default())
+            .collect();
+        let mut members = vec![Vec::new(); groups.len()];
+        for (i, &gi) in group_of.iter().enumerate() {
+            members[gi].push(i);
         }
+        for m in &mut members {
+            m.sort_by(|&a, &b| g.nodes[a].label.cmp(&g.nodes[b].label).then(a.cmp(&b)));
+        }
+        let external = groups.iter().position(|gr| **gr == Group::External);
 
-        // Barycentre ordering: each node moves towards the mean position of its neighbours in
-        // other columns, which removes most crossings of a layered graph.
-        let mut neighbours = vec![Vec::new(); g.nodes.len()];
-        for e in &g.edges {
-            if col_of[e.from] != col_of[e.to] {
-                neighbours[e.from].push(e.to);
-                neighbours[e.to].push(e.from);
-            }
-        }
-        let mut pos = vec![0.0; g.nodes.len()];
-        let place = |columns: &[(Column, Vec<usize>)], pos: &mut Vec<f64>| {
-            for (_, ns) in columns {
-                for (k, &n) in ns.iter().enumerate() {
-                    pos[n] = (k as f64 + 0.5) / ns.len() as f64;
-                }
-            }
-        };
-        place(&columns, &mut pos);
-        for _ in 0..ORDER_PASSES {
-            for (_, ns) in columns.iter_mut() {
-                let bary: BTreeMap<usize, f64> = ns
-                    .iter()
-                    .map(|&n| {
-                        let nb = &neighbours[n];
-                        let b = if nb.is_empty() {
-                            pos[n]
-                        } else {
-                            nb.iter().map(|&m| pos[m]).sum::<f64>() / nb.len() as f64
-                        };
-                        (n, b)
-                    })
-                    .collect();
-                ns.sort_by(|a, b| bary[a].total_cmp(&bary[b]).then(a.cmp(b)));
-                for (k, &n) in ns.iter().enumerate() {
-                    pos[n] = (k as f64 + 0.5) / ns.len() as f64;
-                }
-            }
-        }
+        let (mut col_of_group, isolated) = columns(g, groups.len(), &group_of, external);
+        let col = |col_of_group: &[usize], n: usize| col_of_group[group_of[n]];
 
-        // Which side of its box each edge leaves and enters by.
+        // Which side of its box each edge leaves and enters by (isolated groups only have
+        // edges inside themselves: their column does not change this).
         let sides: Vec<(Side, Side)> = g
             .edges
             .iter()
-            .map(|e| match col_of[e.from].cmp(&col_of[e.to]) {
-                std::cmp::Ordering::Less => (Side::Right, Side::Left),
-                std::cmp::Ordering::Greater => (Side::Left, Side::Right),
-                std::cmp::Ordering::Equal => (Side::Right, Side::Right),
-            })
+            .map(
+                |e| match col(&col_of_group, e.from).cmp(&col(&col_of_group, e.to)) {
+                    std::cmp::Ordering::Less => (Side::Right, Side::Left),
+                    std::cmp::Ordering::Greater => (Side::Left, Side::Right),
+                    std::cmp::Ordering::Equal => (Side::Right, Side::Right),
+                },
+            )
             .collect();
         let mut attached: BTreeMap<(usize, Side), Vec<(usize, bool)>> = BTreeMap::new();
         for (i, e) in g.edges.iter().enumerate() {
-            attached.entry((e.from, sides[i].0)).or_default().push((i, true));
-            attached.entry((e.to, sides[i].1)).or_default().push((i, false));
+            attached
+                .entry((e.from, sides[i].0))
+                .or_default()
+                .push((i, true));
+            attached
+                .entry((e.to, sides[i].1))
+                .or_default()
+                .push((i, false));
         }
         // Boxes grow with the edges they carry, so those stay apart.
         let heights: Vec<f64> = (0..g.nodes.len())
@@ -502,33 +518,102 @@ impl Layout {
                 (10.0 + 6.0 * most as f64).clamp(NODE_H, 160.0)
             })
             .collect();
+        let group_h = |gi: usize| {
+            HEADER
+                + members[gi]
+                    .iter()
+                    .map(|&n| heights[n] + NODE_GAP)
+                    .sum::<f64>()
+                + GROUP_PAD
+                - NODE_GAP
+        };
 
-        let mut at = vec![(0, 0.0, 0.0, 0.0); g.nodes.len()];
-        let mut col_x = Vec::new();
-        let mut col_h = Vec::new();
-        for (ci, (_, ns)) in columns.iter().enumerate() {
-            let x = MARGIN + ci as f64 * (COL_W + GAP);
-            let mut y = HEADER;
-            for &n in ns {
-                at[n] = (ci, x + NODE_X, y, heights[n]);
-                y += heights[n] + NODE_GAP;
+        // Groups without traffic to other groups go where there is room.
+        let placed = col_of_group
+            .iter()
+            .enumerate()
+            .filter(|(gi, _)| !isolated.contains(gi))
+            .map(|(_, &c)| c + 1)
+            .max()
+            .unwrap_or(0);
+        let external_col = external.map(|e| col_of_group[e]);
+        let usable = placed.max(isolated.len().min(4)).max(1);
+        let mut fill = vec![0.0; usable.max(external_col.map_or(0, |c| c + 1))];
+        for (gi, &c) in col_of_group.iter().enumerate() {
+            if !isolated.contains(&gi) {
+                fill[c] += group_h(gi) + GROUP_GAP;
             }
-            col_x.push(x);
-            col_h.push(y + 4.0);
         }
+        for &gi in &isolated {
+            let c = (0..usable)
+                .filter(|&c| Some(c) != external_col)
+                .min_by(|&a, &b| fill[a].total_cmp(&fill[b]).then(a.cmp(&b)))
+                .unwrap_or(0);
+            col_of_group[gi] = c;
+            fill[c] += group_h(gi) + GROUP_GAP;
+        }
+        let n_cols = col_of_group.iter().map(|c| c + 1).max().unwrap_or(0);
+        let mut stacks: Vec<Vec<usize>> = vec![Vec::new(); n_cols];
+        for (gi, &c) in col_of_group.iter().enumerate() {
+            stacks[c].push(gi);
+        }
+
+        // Barycentre ordering: groups and nodes move towards the mean height of their
+        // neighbours in other columns, sweeping left to right and back.
+        let mut neighbours = vec![Vec::new(); g.nodes.len()];
+        for e in &g.edges {
+            if col(&col_of_group, e.from) != col(&col_of_group, e.to) {
+                neighbours[e.from].push(e.to);
+                neighbours[e.to].push(e.from);
+            }
+        }
+        let mut centre = place(&stacks, &members, &heights).0;
+        for pass in 0..ORDER_PASSES {
+            let order: Vec<usize> = if pass % 2 == 0 {
+                (0..n_cols).collect()
+            } else {
+                (0..n_cols).rev().collect()
+            };
+            for c in order {
+                let bary: Vec<f64> = (0..g.nodes.len())
+                    .map(|n| {
+                        let nb = &neighbours[n];
+                        if nb.is_empty() {
+                            centre[n]
+                        } else {
+                            nb.iter().map(|&m| centre[m]).sum::<f64>() / nb.len() as f64
+                        }
+                    })
+                    .collect();
+                for &gi in &stacks[c] {
+                    members[gi].sort_by(|a, b| bary[*a].total_cmp(&bary[*b]).then(a.cmp(b)));
+                }
+                let group_bary = |gi: usize| {
+                    members[gi].iter().map(|&n| bary[n]).sum::<f64>() / members[gi].len() as f64
+                };
+                stacks[c].sort_by(|&a, &b| group_bary(a).total_cmp(&group_bary(b)).then(a.cmp(&b)));
+                centre = place(&stacks, &members, &heights).0;
+            }
+        }
+        let (_, tops, boxes) = place(&stacks, &members, &heights);
+
+        let col_x = |c: usize| MARGIN + c as f64 * (COL_W + GAP);
+        let at: Vec<(f64, f64, f64)> = (0..g.nodes.len())
+            .map(|n| (col_x(col(&col_of_group, n)) + NODE_X, tops[n], heights[n]))
+            .collect();
 
         // Attachment points: spread along the side, ordered by where the other end is.
         let mut ends = vec![((0.0, 0.0, Side::Left), (0.0, 0.0, Side::Left)); g.edges.len()];
         for ((n, side), mut list) in attached {
-            let (_, x, y, h) = at[n];
+            let (x, y, h) = at[n];
             let other_y = |&(e, is_from): &(usize, bool)| {
                 let edge: &Edge = &g.edges[e];
                 let o = if is_from { edge.to } else { edge.from };
                 // A loop to itself: the start above the end.
                 if o == n {
-                    return at[o].2 + if is_from { 0.0 } else { at[o].3 };
+                    return at[o].1 + if is_from { 0.0 } else { at[o].2 };
                 }
-                at[o].2 + at[o].3 / 2.0
+                at[o].1 + at[o].2 / 2.0
             };
             list.sort_by(|a, b| other_y(a).total_cmp(&other_y(b)).then(a.cmp(b)));
             let k = list.len() as f64;
@@ -546,39 +631,60 @@ impl Layout {
             }
         }
 
-        let width = (MARGIN * 2.0 + columns.len() as f64 * COL_W
-            + columns.len().saturating_sub(1) as f64 * GAP)
-            // The same-column loops of the last column bulge to the right.
-            + 70.0;
-        let height = col_h.iter().copied().fold(HEADER, f64::max);
+        // Loops inside the last column bulge to its right.
+        let loops_last = g.edges.iter().enumerate().any(|(i, e)| {
+            sides[i] == (Side::Right, Side::Right) && col(&col_of_group, e.from) + 1 == n_cols
+        });
+        let width = MARGIN * 2.0
+            + n_cols as f64 * COL_W
+            + n_cols.saturating_sub(1) as f64 * GAP
+            + if loops_last { LOOP_MAX + 20.0 } else { 0.0 };
+        let height = boxes.iter().map(|&(y, h)| y + h).fold(HEADER, f64::max);
         Self {
-            columns,
-            col_x,
-            col_h,
+            groups: (0..groups.len())
+                .map(|gi| GroupBox {
+                    group: groups[gi].clone(),
+                    column: col_of_group[gi],
+                    y: boxes[gi].0,
+                    h: boxes[gi].1,
+                })
+                .collect(),
             at,
             ends,
-            width: width.max(1000.0),
+            width,
             height,
         }
     }
 
     fn render(&self, g: &Graph, out: &mut String) {
-        // Columns behind everything.
-        for (ci, (column, _)) in self.columns.iter().enumerate() {
-            let (fill, stroke, title, caption) = match column {
-                Column::Nodes => ("#fefce8", "#fde68a", "Nodes".to_string(), "host"),
-                Column::Namespace(ns) => ("#f1f5f9", "#cbd5e1", ns.clone(), "namespace"),
-                Column::External => ("#f5f3ff", "#ddd6fe", "Outside the cluster".to_string(), "external"),
+        // Group boxes behind everything, their titles above the edges (with a halo).
+        let mut titles = String::new();
+        for b in &self.groups {
+            let (fill, stroke, caption, title) = match &b.group {
+                Group::Nodes => ("#fefce8", "#fde68a", "HOST", "Nodes".to_string()),
+                Group::Namespace(ns) => ("#f1f5f9", "#cbd5e1", "NAMESPACE", ns.clone()),
+                Group::External => (
+                    "#f5f3ff",
+                    "#ddd6fe",
+                    "EXTERNAL",
+                    "Outside the cluster".to_string(),
+                ),
             };
-            let x = self.col_x[ci];
+            let x = MARGIN + b.column as f64 * (COL_W + GAP);
             let _ = write!(
                 out,
-                r##"<g class="column"><title>{}</title><rect x="{x:.1}" y="0" width="{COL_W}" height="{:.1}" rx="10" fill="{fill}" stroke="{stroke}"/><text x="{:.1}" y="15" fill="#64748b" font-size="10" letter-spacing="0.06em">{}</text><text x="{:.1}" y="28" fill="#0f172a" font-weight="600" font-size="13">{}</text></g>"##,
-                esc(&format!("{caption} {title}")),
-                self.col_h[ci],
+                r##"<g class="group"><title>{}</title><rect x="{x:.1}" y="{:.1}" width="{COL_W}" height="{:.1}" rx="10" fill="{fill}" stroke="{stroke}"/></g>"##,
+                esc(&format!("{} {title}", caption.to_lowercase())),
+                b.y,
+                b.h,
+            );
+            let _ = write!(
+                titles,
+                r##"<g class="group-title" stroke="{fill}" stroke-width="4" stroke-linejoin="round" paint-order="stroke"><text x="{:.1}" y="{:.1}" fill="#64748b" font-size="9.5" letter-spacing="0.06em">{caption}</text><text x="{:.1}" y="{:.1}" fill="#0f172a" font-weight="600" font-size="13">{}</text></g>"##,
                 x + NODE_X,
-                caption.to_uppercase(),
+                b.y + 14.0,
                 x + NODE_X,
+                b.y + 28.0,
                 esc(&truncate(&title, ((NODE_W - 4.0) / 7.6) as usize)),
             );
         }
@@ -608,18 +714,17 @@ impl Layout {
                 esc(&g.nodes[e.from].tooltip),
                 esc(&g.nodes[e.to].tooltip),
                 esc(&e.tooltip),
-                dash.map(|d| format!(r#" stroke-dasharray="{d}""#)).unwrap_or_default(),
+                dash.map(|d| format!(r#" stroke-dasharray="{d}""#))
+                    .unwrap_or_default(),
             );
         }
         out.push_str("</g>");
+        out.push_str(&titles);
 
         // Boxes on top of the edges' ends.
         for (n, node) in g.nodes.iter().enumerate() {
-            let (_, x, y, h) = self.at[n];
-            let denied = g
-                .edges
-                .iter()
-                .any(|e| e.kind == Kind::Denied && (e.from == n || e.to == n));
+            let (x, y, h) = self.at[n];
+            let denied = g.edges.iter().any(|e| e.denier == Some(n));
             let stroke = if denied { RED } else { "#94a3b8" };
             let _ = write!(
                 out,
@@ -633,12 +738,22 @@ impl Layout {
                     r##"<rect x="{x:.1}" y="{y:.1}" width="5" height="{h:.1}" rx="2" fill="#4f46e5"/>"##
                 );
             }
-            let kind_w = if node.kind.is_empty() {
-                0.0
-            } else {
-                node.kind.chars().count().min(16) as f64 * 6.0 + 8.0
+            let room = |kind: &str| {
+                let kind_w = if kind.is_empty() {
+                    0.0
+                } else {
+                    kind.chars().count().min(16) as f64 * 6.0 + 8.0
+                };
+                ((NODE_W - 22.0 - kind_w) / CHAR_W).max(4.0) as usize
             };
-            let room = ((NODE_W - 22.0 - kind_w) / CHAR_W).max(4.0) as usize;
+            // The kind gives way to the name (the tooltip has both).
+            let label_len = node.label.chars().count();
+            let kind = if label_len > room(&node.kind) && label_len <= room("") {
+                ""
+            } else {
+                node.kind.as_str()
+            };
+            let room = room(kind);
             let _ = write!(
                 out,
                 r##"<text x="{:.1}" y="{:.1}" dominant-baseline="central" fill="#0f172a">{}"##,
@@ -646,11 +761,11 @@ impl Layout {
                 y + h / 2.0,
                 esc(&truncate(&node.label, room)),
             );
-            if !node.kind.is_empty() {
+            if !kind.is_empty() {
                 let _ = write!(
                     out,
                     r##"<tspan fill="#64748b" font-size="10">  {}</tspan>"##,
-                    esc(&truncate(&node.kind, 16))
+                    esc(&truncate(kind, 16))
                 );
             }
             out.push_str("</text></g>");
@@ -658,9 +773,109 @@ impl Layout {
     }
 }
 
+/// Per node its centre and top, per group its top and height, with the groups of each
+/// column stacked in order.
+type Placed = (Vec<f64>, Vec<f64>, Vec<(f64, f64)>);
+
+fn place(stacks: &[Vec<usize>], members: &[Vec<usize>], heights: &[f64]) -> Placed {
+    let mut centre = vec![0.0; heights.len()];
+    let mut top = vec![0.0; heights.len()];
+    let mut boxes = vec![(0.0, 0.0); members.len()];
+    for stack in stacks {
+        let mut y = 0.0;
+        for &gi in stack {
+            let mut ny = y + HEADER;
+            for &n in &members[gi] {
+                top[n] = ny;
+                centre[n] = ny + heights[n] / 2.0;
+                ny += heights[n] + NODE_GAP;
+            }
+            let h = ny - NODE_GAP + GROUP_PAD - y;
+            boxes[gi] = (y, h);
+            y += h + GROUP_GAP;
+        }
+    }
+    (centre, top, boxes)
+}
+
+/// The column of each group, and the groups without traffic to other groups (placed later,
+/// where there is room). Columns follow the traffic between groups: the heaviest edges are
+/// kept first and an edge that would close a cycle is dropped, then each group goes one
+/// column right of its rightmost client group; the outside of the cluster is last.
+fn columns(
+    g: &Graph,
+    n_groups: usize,
+    group_of: &[usize],
+    external: Option<usize>,
+) -> (Vec<usize>, BTreeSet<usize>) {
+    let mut weight: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    let mut linked = BTreeSet::new();
+    for e in &g.edges {
+        let (a, b) = (group_of[e.from], group_of[e.to]);
+        if a == b {
+            continue;
+        }
+        linked.insert(a);
+        linked.insert(b);
+        if Some(a) != external && Some(b) != external {
+            *weight.entry((a, b)).or_default() += e.connections.max(1);
+        }
+    }
+    let mut by_weight: Vec<((usize, usize), u64)> = weight.into_iter().collect();
+    by_weight.sort_by_key(|&(k, w)| (Reverse(w), k));
+    let mut next: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n_groups];
+    let reaches = |next: &[BTreeSet<usize>], from: usize, to: usize| {
+        let mut seen = BTreeSet::from([from]);
+        let mut todo = vec![from];
+        while let Some(x) = todo.pop() {
+            if x == to {
+                return true;
+            }
+            for &y in &next[x] {
+                if seen.insert(y) {
+                    todo.push(y);
+                }
+            }
+        }
+        false
+    };
+    for ((a, b), _) in by_weight {
+        if !reaches(&next, b, a) {
+            next[a].insert(b);
+        }
+    }
+    let mut column = vec![0; n_groups];
+    // Longest path in a DAG: at most n rounds of relaxation.
+    for _ in 0..n_groups {
+        let mut changed = false;
+        for a in 0..n_groups {
+            for &b in &next[a] {
+                if column[b] < column[a] + 1 {
+                    column[b] = column[a] + 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if let Some(x) = external {
+        column[x] = (0..n_groups)
+            .filter(|&gi| gi != x && linked.contains(&gi))
+            .map(|gi| column[gi] + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    let isolated = (0..n_groups)
+        .filter(|gi| !linked.contains(gi) && Some(*gi) != external)
+        .collect();
+    (column, isolated)
+}
+
 /// The path of an edge from `a` to `b` (a cubic curve that leaves and enters its boxes
 /// horizontally) and its arrowhead.
-fn curve(a: (f64, f64, Side), b: (f64, f64, Side), w: f64) -> (String, String) {
+fn curve(a: Point, b: Point, w: f64) -> (String, String) {
     let (x0, y0, s0) = a;
     let (x3, y3, s3) = b;
     let len = 7.0 + 1.3 * w;
@@ -670,7 +885,7 @@ fn curve(a: (f64, f64, Side), b: (f64, f64, Side), w: f64) -> (String, String) {
     let bx = x3 + out(s3) * len;
     let reach = if s0 == s3 {
         // Both on the right side of one column: a loop out into the gap.
-        45.0 + ((y3 - y0).abs() * 0.12).min(60.0)
+        30.0 + ((y3 - y0).abs() * 0.15).min(LOOP_MAX - 10.0)
     } else {
         ((bx - x0).abs() * 0.5).max(40.0)
     };
@@ -687,9 +902,9 @@ fn curve(a: (f64, f64, Side), b: (f64, f64, Side), w: f64) -> (String, String) {
     (d, arrow)
 }
 
-/// 1 connection: 1 px; each factor of ten adds 1.6 px, up to 9.
+/// 1 connection: 1 px; each factor of ten adds 1.4 px, up to 8.
 fn edge_width(connections: u64) -> f64 {
-    (1.0 + 1.6 * (connections.max(1) as f64).log10()).min(9.0)
+    (1.0 + 1.4 * (connections.max(1) as f64).log10()).min(8.0)
 }
 
 fn style(kind: Kind) -> (&'static str, String, Option<&'static str>) {
@@ -708,7 +923,11 @@ fn confidence_colour(c: f64) -> String {
         (0.5, [59.0, 130.0, 246.0]),
         (1.0, [22.0, 163.0, 74.0]),
     ];
-    let c = if c.is_finite() { c.clamp(0.0, 1.0) } else { 0.0 };
+    let c = if c.is_finite() {
+        c.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let (lo, hi) = if c <= STOPS[1].0 {
         (STOPS[0], STOPS[1])
     } else {
@@ -732,6 +951,7 @@ enum LegendItem {
     },
     Widths,
     Policy,
+    Denier,
 }
 
 impl Legend {
@@ -742,14 +962,23 @@ impl Legend {
             label,
         };
         let all = vec![
-            line(confidence_colour(0.9), None, "high confidence (0.70 and up)"),
+            line(
+                confidence_colour(0.9),
+                None,
+                "high confidence (0.70 and up)",
+            ),
             line(confidence_colour(0.5), None, "medium (0.30 to 0.70)"),
             line(confidence_colour(0.1), None, "low (under 0.30)"),
-            line(OPEN.into(), Some("9 3 2 3"), "allowed without a rule (not isolated, node)"),
+            line(
+                OPEN.into(),
+                Some("9 3 2 3"),
+                "allowed without a rule (not isolated, node)",
+            ),
             line(RED.into(), Some("7 4"), "would be denied"),
             line(UNKNOWN.into(), Some("2 3"), "not evaluated (no pods)"),
             LegendItem::Widths,
             LegendItem::Policy,
+            LegendItem::Denier,
         ];
         let mut items = Vec::new();
         let (mut x, mut y) = (MARGIN, 0.0);
@@ -807,6 +1036,14 @@ impl Legend {
                         r#"<text x="{cx:.1}" y="{y:.1}" dominant-baseline="central">connections</text>"#
                     );
                 }
+                LegendItem::Denier => {
+                    let _ = write!(
+                        out,
+                        r##"<rect x="{x:.1}" y="{:.1}" width="26" height="16" rx="4" fill="#ffffff" stroke="{RED}" stroke-width="1.6"/><text x="{:.1}" y="{y:.1}" dominant-baseline="central">its policy would deny a recorded flow</text>"##,
+                        y - 8.0,
+                        x + 34.0,
+                    );
+                }
                 LegendItem::Policy => {
                     let _ = write!(
                         out,
@@ -828,6 +1065,7 @@ impl LegendItem {
             Self::Line { label, .. } => 40.0 + label.chars().count() as f64 * 6.0,
             Self::Widths => 3.0 * 32.0 + 13.0 * 6.5 + 70.0,
             Self::Policy => 34.0 + 24.0 * 6.0,
+            Self::Denier => 34.0 + 32.0 * 6.0,
         }
     }
 }
@@ -874,8 +1112,8 @@ mod tests {
     fn widths() {
         assert_eq!(edge_width(0), 1.0);
         assert_eq!(edge_width(1), 1.0);
-        assert!((edge_width(100) - 4.2).abs() < 1e-9);
-        assert_eq!(edge_width(u64::MAX), 9.0);
+        assert!((edge_width(100) - 3.8).abs() < 1e-9);
+        assert_eq!(edge_width(u64::MAX), 8.0);
     }
 
     #[test]

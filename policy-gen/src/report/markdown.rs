@@ -31,9 +31,17 @@ pub(super) fn render(r: &Report<'_>) -> String {
     if let Some(c) = &r.changes {
         out.push_str("\n## Changes against the policies in force\n\n");
         out.push_str("### Newly denied (what this change would break)\n\n");
-        table_or(&mut out, &c.newly_denied, "No flow allowed today would be denied.");
+        table_or(
+            &mut out,
+            &c.newly_denied,
+            "No flow allowed today would be denied.",
+        );
         out.push_str("\n### Newly allowed\n\n");
-        table_or(&mut out, &c.newly_allowed, "No flow denied today would be allowed.");
+        table_or(
+            &mut out,
+            &c.newly_allowed,
+            "No flow denied today would be allowed.",
+        );
         out.push_str("\n### Isolation changes\n\n");
         table_or(&mut out, &c.isolation, "No workload changes isolation.");
     }
@@ -52,11 +60,19 @@ pub(super) fn render(r: &Report<'_>) -> String {
     }
     if let Some(t) = &r.unused {
         out.push_str("\n## Unused rules\n\n");
-        table_or(&mut out, t, "Every rule allowed at least one replayed flow.");
+        table_or(
+            &mut out,
+            t,
+            "Every rule allowed at least one replayed flow.",
+        );
     }
     if let Some(t) = &r.externals {
         out.push_str("\n## New external destinations\n\n");
-        table_or(&mut out, t, "No external destination was first seen recently.");
+        table_or(
+            &mut out,
+            t,
+            "No external destination was first seen recently.",
+        );
     }
 
     out.push_str("\n## Observed but left out of the proposal\n\n");
@@ -79,7 +95,11 @@ fn section(out: &mut String, s: &Section) {
             text(&p.selects),
             text(&p.isolates)
         );
-        table_or(out, &p.rules, "The policy has no rules: it denies everything it isolates.");
+        table_or(
+            out,
+            &p.rules,
+            "The policy has no rules: it denies everything it isolates.",
+        );
         out.push('\n');
     }
     if let Some(line) = &s.replay {
@@ -178,13 +198,22 @@ fn width(s: &str) -> usize {
 /// breaks (which would end a table row) become spaces.
 fn text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for (i, c) in s.chars().enumerate() {
+    let mut chars = s.chars().enumerate().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next = chars.peek().map(|&(_, c)| c);
         match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '&' | '~' | '#' => {
+            '\\' | '`' | '*' | '_' | '<' | '|' | '&' | '~' => {
                 out.push('\\');
                 out.push(c);
             }
-            '-' | '+' | '=' if i == 0 => {
+            // Only `](`, `][` and `]:` make links; rule indices like `egress[0]` stay as
+            // they are.
+            ']' if matches!(next, Some('(' | '[' | ':')) => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Block syntax only counts at the start of a line.
+            '-' | '+' | '=' | '>' | '#' if i == 0 => {
                 out.push('\\');
                 out.push(c);
             }
@@ -202,7 +231,13 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(text("a|b"), "a\\|b");
-        assert_eq!(text("<script>"), "\\<script\\>");
+        assert_eq!(text("<script>"), "\\<script>");
+        assert_eq!(text("a -> b"), "a -> b");
+        assert_eq!(text("egress[0]"), "egress[0]");
+        assert_eq!(
+            text("[x](javascript:alert(1))"),
+            "[x\\](javascript:alert(1))"
+        );
         assert_eq!(text("line\nbreak"), "line break");
         assert_eq!(text("- item"), "\\- item");
         assert_eq!(text("a-b"), "a-b");

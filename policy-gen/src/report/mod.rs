@@ -167,6 +167,7 @@ struct Row {
 
 #[derive(Default)]
 struct Cell {
+    /// Lines break at `\n` in HTML; Markdown joins them with a space.
     text: String,
     /// Longer text, shown on hover in HTML (e.g. every client pod).
     title: Option<String>,
@@ -265,9 +266,12 @@ impl<'a> Report<'a> {
             Stat {
                 label: "Workloads",
                 value: int(policy_workloads.len() as u64),
-                detail: input
-                    .replay
-                    .map(|r| format!("with a policy, of {} replayed", int(r.workloads.len() as u64))),
+                detail: input.replay.map(|r| {
+                    format!(
+                        "with a policy, of {} replayed",
+                        int(r.workloads.len() as u64)
+                    )
+                }),
                 tone: Tone::Plain,
             },
             Stat {
@@ -306,31 +310,50 @@ impl<'a> Report<'a> {
                         label: "Coverage",
                         value: percent(coverage),
                         detail: Some("of connections allowed".into()),
-                        tone: if coverage < 1.0 { Tone::Warn } else { Tone::Good },
+                        tone: if coverage < 1.0 {
+                            Tone::Warn
+                        } else {
+                            Tone::Good
+                        },
                     },
                     Stat {
                         label: "Would be denied",
-                        value: format!("{} {}", int(denied.len() as u64), plural(denied.len(), "flow", "flows")),
+                        value: format!(
+                            "{} {}",
+                            int(denied.len() as u64),
+                            plural(denied.len(), "flow", "flows")
+                        ),
                         detail: Some(format!("{} connections", int(denied_connections))),
-                        tone: if denied.is_empty() { Tone::Good } else { Tone::Bad },
+                        tone: if denied.is_empty() {
+                            Tone::Good
+                        } else {
+                            Tone::Bad
+                        },
                     },
                     Stat {
                         label: "Unused rules",
                         value: int(r.unused_rules.len() as u64),
                         detail: Some("no replayed flow used them".into()),
-                        tone: if r.unused_rules.is_empty() { Tone::Plain } else { Tone::Warn },
+                        tone: if r.unused_rules.is_empty() {
+                            Tone::Plain
+                        } else {
+                            Tone::Warn
+                        },
                     },
                     Stat {
                         label: "New external destinations",
                         value: int(r.new_externals.len() as u64),
                         detail: Some("first seen recently".into()),
-                        tone: if r.new_externals.is_empty() { Tone::Plain } else { Tone::Warn },
+                        tone: if r.new_externals.is_empty() {
+                            Tone::Plain
+                        } else {
+                            Tone::Warn
+                        },
                     },
                 ]);
             }
-            None => summary_notes.push(
-                "Not replayed: no recorded flows were evaluated against these policies.",
-            ),
+            None => summary_notes
+                .push("Not replayed: no recorded flows were evaluated against these policies."),
         }
         match input.diff {
             Some(d) => {
@@ -356,10 +379,14 @@ impl<'a> Report<'a> {
         });
 
         let changes = input.diff.map(|d| {
-            let mut isolation = Table::new(&[("Workload", false), ("Direction", false), ("Change", false)]);
+            let mut isolation =
+                Table::new(&[("Workload", false), ("Direction", false), ("Change", false)]);
             for c in &d.isolation_changes {
                 let (text, tone) = if c.isolated {
-                    ("becomes isolated: only what its rules allow passes", Tone::Warn)
+                    (
+                        "becomes isolated: only what its rules allow passes",
+                        Tone::Warn,
+                    )
                 } else {
                     ("no longer isolated: everything passes", Tone::Muted)
                 };
@@ -373,8 +400,8 @@ impl<'a> Report<'a> {
                 );
             }
             Changes {
-                newly_denied: flow_table(d.newly_denied.iter().map(|(f, o)| (f, o))),
-                newly_allowed: flow_table(d.newly_allowed.iter().map(|(f, o)| (f, o))),
+                newly_denied: sorted_flow_table(&d.newly_denied),
+                newly_allowed: sorted_flow_table(&d.newly_allowed),
                 isolation,
             }
         });
@@ -388,17 +415,29 @@ impl<'a> Report<'a> {
                 ("Denied", true),
                 ("Coverage", true),
             ]);
-            for (w, wr) in r.workloads.iter().filter(|(w, _)| !policy_workloads.contains(w.as_str())) {
+            for (w, wr) in r
+                .workloads
+                .iter()
+                .filter(|(w, _)| !policy_workloads.contains(w.as_str()))
+            {
                 t.push(
                     vec![
                         Cell::new(w),
                         Cell::new(isolation(wr)),
                         Cell::new(int(wr.connections)),
                         Cell::new(int(wr.allowed)),
-                        Cell::new(int(wr.denied)).tone(if wr.denied > 0 { Tone::Bad } else { Tone::Plain }),
+                        Cell::new(int(wr.denied)).tone(if wr.denied > 0 {
+                            Tone::Bad
+                        } else {
+                            Tone::Plain
+                        }),
                         Cell::new(percent(wr.coverage())),
                     ],
-                    if wr.denied > 0 { Tone::Bad } else { Tone::Plain },
+                    if wr.denied > 0 {
+                        Tone::Bad
+                    } else {
+                        Tone::Plain
+                    },
                 );
             }
             t
@@ -408,7 +447,7 @@ impl<'a> Report<'a> {
             let mut t = Table::new(&[
                 ("Rule", false),
                 ("Workload", false),
-                ("Observed peer", false),
+                ("Peer", false),
                 ("Ports", false),
                 ("Last seen", false),
                 ("Confidence", false),
@@ -433,7 +472,10 @@ impl<'a> Report<'a> {
                         Cell::new(id.to_string()),
                         workload.map(Cell::new).unwrap_or_else(Cell::none),
                         if evidence.is_empty() {
-                            Cell::new("no evidence (added in review)").tone(Tone::Muted)
+                            let [peers, _] = p
+                                .and_then(|p| spec_rule(p, id.direction, id.index))
+                                .unwrap_or_default();
+                            Cell::new(format!("{peers} (no evidence)"))
                         } else {
                             Cell::new(
                                 evidence
@@ -446,7 +488,10 @@ impl<'a> Report<'a> {
                             )
                         },
                         if evidence.is_empty() {
-                            Cell::none()
+                            let [_, ports] = p
+                                .and_then(|p| spec_rule(p, id.direction, id.index))
+                                .unwrap_or_default();
+                            Cell::new(ports)
                         } else {
                             Cell::new(
                                 evidence
@@ -585,7 +630,10 @@ fn section(
     });
     section.denied = flows.iter().filter(|(_, o)| o.is_denied()).count();
     let keep = section.denied
-        + flows.iter().filter(|(_, o)| !o.is_allowed() && !o.is_denied()).count()
+        + flows
+            .iter()
+            .filter(|(_, o)| !o.is_allowed() && !o.is_denied())
+            .count()
         + MAX_ALLOWED_FLOWS_PER_WORKLOAD;
     section.flows_omitted = flows.len().saturating_sub(keep);
     flows.truncate(keep);
@@ -614,40 +662,34 @@ fn rule_table(p: &ReviewedPolicy, unused: &BTreeSet<&RuleId>) -> Table {
         ("Bytes", true),
         ("Client pods", false),
         ("Days", true),
-        ("First seen", false),
-        ("Last seen", false),
+        ("First and last seen", false),
         ("Confidence", false),
         ("Widened", false),
     ]);
     let id = p.id();
     let spec = p.policy.spec.as_ref();
-    let ingress = spec.and_then(|s| s.ingress.as_deref()).unwrap_or_default();
-    let egress = spec.and_then(|s| s.egress.as_deref()).unwrap_or_default();
-    let mut rules: Vec<(Direction, usize, Option<(String, String)>)> = Vec::new();
-    for (i, r) in ingress.iter().enumerate() {
-        rules.push((
-            Direction::Ingress,
-            i,
-            Some((peers(r.from.as_deref(), p.namespace()), ports(r.ports.as_deref()))),
-        ));
-    }
-    for (i, r) in egress.iter().enumerate() {
-        rules.push((
-            Direction::Egress,
-            i,
-            Some((peers(r.to.as_deref(), p.namespace()), ports(r.ports.as_deref()))),
-        ));
-    }
-    // Evidence of rules a reviewer removed: still worth seeing, marked.
+    let count = |d: Direction| {
+        spec.and_then(|s| match d {
+            Direction::Ingress => s.ingress.as_ref().map(Vec::len),
+            Direction::Egress => s.egress.as_ref().map(Vec::len),
+        })
+        .unwrap_or(0)
+    };
+    // Rules in order, then the evidence of rules a reviewer removed (still worth seeing).
+    let mut rules: Vec<(Direction, usize)> = [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| (0..count(d)).map(move |i| (d, i)))
+        .collect();
     let gone: BTreeSet<(Direction, usize)> = p
         .evidence
         .iter()
         .map(|e| (e.direction, e.rule))
-        .filter(|&(d, i)| i >= if d == Direction::Ingress { ingress.len() } else { egress.len() })
+        .filter(|&(d, i)| i >= count(d))
         .collect();
-    rules.extend(gone.into_iter().map(|(d, i)| (d, i, None)));
+    rules.extend(gone);
 
-    for (d, i, spec_rule) in rules {
+    for (d, i) in rules {
+        let written = spec_rule(p, d, i);
         let rule_id = RuleId {
             policy: id.clone(),
             direction: d,
@@ -655,7 +697,7 @@ fn rule_table(p: &ReviewedPolicy, unused: &BTreeSet<&RuleId>) -> Table {
         };
         let mut label = format!("{}[{i}]", direction(d));
         let mut tone = Tone::Plain;
-        if spec_rule.is_none() {
+        if written.is_none() {
             label.push_str(" (not in policy)");
             tone = Tone::Muted;
         } else if unused.contains(&rule_id) {
@@ -668,13 +710,12 @@ fn rule_table(p: &ReviewedPolicy, unused: &BTreeSet<&RuleId>) -> Table {
             .filter(|e| e.direction == d && e.rule == i)
             .collect();
         if evidence.is_empty() {
-            let (peer, ports) = spec_rule.unwrap_or_default();
+            let [peer, ports] = written.unwrap_or_default();
             t.push(
                 vec![
                     Cell::new(label).tone(tone),
                     Cell::new(peer),
                     Cell::new(ports),
-                    Cell::none(),
                     Cell::none(),
                     Cell::none(),
                     Cell::none(),
@@ -697,12 +738,11 @@ fn rule_table(p: &ReviewedPolicy, unused: &BTreeSet<&RuleId>) -> Table {
                     Cell::new(bytes(e.bytes)),
                     client_pods(e),
                     Cell::new(int(e.days.into())),
-                    Cell::new(time(&e.first_seen)),
-                    Cell::new(time(&e.last_seen)),
+                    Cell::new(format!("{} →\n{}", time(&e.first_seen), time(&e.last_seen))),
                     confidence_cell(e.confidence),
                     e.widened
                         .as_ref()
-                        .map(|w| Cell::new(format!("{}: {}", w.cidr, w.reason)).tone(Tone::Warn))
+                        .map(|w| Cell::new(format!("{}:\n{}", w.cidr, w.reason)).tone(Tone::Warn))
                         .unwrap_or_else(Cell::none),
                 ],
                 tone,
@@ -739,10 +779,20 @@ fn flow_table<'f>(flows: impl Iterator<Item = (&'f ObservedFlow, &'f Outcome)>) 
                 Cell::new(why(f, o)),
                 Cell::new(time(&f.last_seen)),
             ],
-            if o.is_denied() { Tone::Bad } else { Tone::Plain },
+            if o.is_denied() {
+                Tone::Bad
+            } else {
+                Tone::Plain
+            },
         );
     }
     t
+}
+
+fn sorted_flow_table(flows: &[(ObservedFlow, Outcome)]) -> Table {
+    let mut flows: Vec<_> = flows.iter().collect();
+    flows.sort_by_key(|(f, _)| flow_order(f));
+    flow_table(flows.into_iter().map(|(f, o)| (f, o)))
 }
 
 /// Busiest first, then by name: the order flows are listed and drawn in.
@@ -754,7 +804,9 @@ fn flow_order(f: &ObservedFlow) -> (Reverse<u64>, &Endpoint, &Endpoint, Option<u
 fn why(f: &ObservedFlow, o: &Outcome) -> String {
     match o {
         Outcome::Allowed { rules } if rules.is_empty() => {
-            if matches!(f.client, Endpoint::Node { .. }) || matches!(f.server, Endpoint::Node { .. }) {
+            if matches!(f.client, Endpoint::Node { .. })
+                || matches!(f.server, Endpoint::Node { .. })
+            {
                 "the pod's node: always allowed".into()
             } else {
                 "not isolated: no rule needed".into()
@@ -762,7 +814,11 @@ fn why(f: &ObservedFlow, o: &Outcome) -> String {
         }
         Outcome::Allowed { rules } => format!(
             "by {}",
-            rules.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            rules
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Outcome::Denied {
             direction: d,
@@ -828,6 +884,25 @@ fn peer_matches(e: &RuleEvidence, endpoint: &Endpoint) -> bool {
     }
 }
 
+/// A rule's peers and ports as written in the policy, `None` when it has no such rule.
+fn spec_rule(p: &ReviewedPolicy, d: Direction, index: usize) -> Option<[String; 2]> {
+    let spec = p.policy.spec.as_ref()?;
+    match d {
+        Direction::Ingress => spec.ingress.as_ref()?.get(index).map(|r| {
+            [
+                peers(r.from.as_deref(), p.namespace()),
+                ports(r.ports.as_deref()),
+            ]
+        }),
+        Direction::Egress => spec.egress.as_ref()?.get(index).map(|r| {
+            [
+                peers(r.to.as_deref(), p.namespace()),
+                ports(r.ports.as_deref()),
+            ]
+        }),
+    }
+}
+
 fn rule_count(p: &ReviewedPolicy) -> usize {
     p.policy.spec.as_ref().map_or(0, |s| {
         s.ingress.as_ref().map_or(0, Vec::len) + s.egress.as_ref().map_or(0, Vec::len)
@@ -872,11 +947,13 @@ fn direction(d: Direction) -> &'static str {
     }
 }
 
-/// The observed peer, with the DNS name it was looked up by when that is not in it already.
+/// The observed peer (a workload by its name alone), with the DNS name it was looked up by
+/// when that is not in it already.
 fn peer(e: &RuleEvidence) -> String {
+    let peer = e.peer.strip_prefix("workload ").unwrap_or(&e.peer);
     match &e.dns_name {
-        Some(name) if !e.peer.contains(name.as_str()) => format!("{} ({name})", e.peer),
-        _ => e.peer.clone(),
+        Some(name) if !peer.contains(name.as_str()) => format!("{peer} ({name})"),
+        _ => peer.to_string(),
     }
 }
 
@@ -892,11 +969,16 @@ fn client_pods(e: &RuleEvidence) -> Cell {
         int(n as u64)
     };
     let mut text = format!(
-        "{count}: {}",
-        e.source_pods.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ")
+        "{count}:\n{}",
+        e.source_pods
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",\n")
     );
     if n > SHOWN || e.source_pods_saturated {
-        text.push_str(", …");
+        text.push_str(",\n…");
     }
     let mut all = e.source_pods.join("\n");
     if e.source_pods_saturated {
@@ -1003,7 +1085,7 @@ fn int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1056,7 +1138,13 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 /// An HTML id from any text: ASCII letters and digits, the rest as `-`.
 fn anchor(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -1091,7 +1179,10 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(time("2025-03-01T12:34:56Z"), "2025-03-01 12:34");
-        assert_eq!(time("2025-03-01T12:34:56.123+02:00"), "2025-03-01 12:34+02:00");
+        assert_eq!(
+            time("2025-03-01T12:34:56.123+02:00"),
+            "2025-03-01 12:34+02:00"
+        );
         assert_eq!(time("yesterday"), "yesterday");
     }
 }
