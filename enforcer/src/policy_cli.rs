@@ -1,5 +1,5 @@
-//! `palisade policy export|replay|diff`: policies people review, and what they would do to
-//! the recorded traffic before anything is enforced.
+//! `palisade policy export|replay|diff|report`: policies people review, and what they would
+//! do to the recorded traffic before anything is enforced.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,9 +13,10 @@ use learner::store::Store;
 use model::{evidence::ObservedFlow, netpol::cluster::Cluster};
 use policy_gen::{
     diff::{Diff, diff},
-    export::write_network_policies,
+    export::{write_cilium_policies, write_network_policies},
     import::import_dir,
     replay::{Outcome, Replay, ReplayOptions, replay},
+    report::{self, ReportInput},
     set::PolicySet,
 };
 
@@ -31,6 +32,10 @@ pub enum ReviewCommand {
         from: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Also write CiliumNetworkPolicies (ciliumnetworkpolicies/<namespace>/<name>.yaml),
+        /// with toFQDNs where DNS names were learned; Cilium 1.16 or later.
+        #[arg(long)]
+        cilium: bool,
     },
     /// Replay recorded connections against a folder of policies: what would be denied, per
     /// workload, which rules nothing used, which external destinations are new.
@@ -43,6 +48,25 @@ pub enum ReviewCommand {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// A review report for a change request: Markdown, or a self-contained HTML page with a
+    /// picture of the workload graph (by the --out file's extension, .md or .html).
+    Report {
+        /// Folder of NetworkPolicy files.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Compare with the policies enforced now (a folder, or `none`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        traffic: Traffic,
+        /// What the proposal left out (the NOTES.md `palisade learn propose` writes).
+        #[arg(long)]
+        notes: Option<PathBuf>,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Compare two folders of policies by what they do to the recorded connections.
     Diff {
@@ -84,13 +108,70 @@ pub struct Traffic {
 
 pub fn run(command: ReviewCommand) -> Result<()> {
     match command {
-        ReviewCommand::Export { from, out } => {
+        ReviewCommand::Export { from, out, cilium } => {
             let set = import(&from)?;
-            let written = write_network_policies(&out, &set)?;
+            let mut written = write_network_policies(&out, &set)?;
+            if cilium {
+                written.extend(write_cilium_policies(&out, &set)?);
+            }
             for path in &written {
                 println!("{}", path.display());
             }
-            println!("{} policies written under {}", written.len(), out.display());
+            println!("{} files written under {}", written.len(), out.display());
+            Ok(())
+        }
+        ReviewCommand::Report {
+            policies,
+            from,
+            traffic,
+            notes,
+            title,
+            out,
+        } => {
+            let set = import(&policies)?;
+            let (cluster, flows, options) = traffic.load()?;
+            let replayed = replay(&set, &cluster, &flows, &options)?;
+            let compared = match from {
+                Some(from) => {
+                    let before = import_or_none(&from)?;
+                    Some(diff(
+                        &replay(&before, &cluster, &flows, &options)?,
+                        &replayed,
+                    ))
+                }
+                None => None,
+            };
+            let notes: Vec<String> = match notes {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("- "))
+                    .map(|l| l.replace("**", ""))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let title = title.unwrap_or_else(|| format!("Policy review: {}", policies.display()));
+            let input = ReportInput {
+                title: &title,
+                policies: &set,
+                replay: Some(&replayed),
+                diff: compared.as_ref(),
+                notes: &notes,
+            };
+            let text = match out.extension().and_then(|e| e.to_str()) {
+                Some("md") => report::markdown(&input),
+                Some("html" | "htm") => report::html(&input),
+                _ => anyhow::bail!("{}: the report is .md or .html", out.display()),
+            };
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: {} policies, {} connections replayed, {:.1}% allowed, {} flows would be denied",
+                out.display(),
+                set.len(),
+                replayed.connections(),
+                100.0 * replayed.coverage(),
+                replayed.denied().count()
+            );
             Ok(())
         }
         ReviewCommand::Replay {
@@ -114,11 +195,7 @@ pub fn run(command: ReviewCommand) -> Result<()> {
             traffic,
             json,
         } => {
-            let before = if from.as_os_str() == "none" {
-                PolicySet::default()
-            } else {
-                import(&from)?
-            };
+            let before = import_or_none(&from)?;
             let after = import(&to)?;
             let (cluster, flows, options) = traffic.load()?;
             let d = diff(
@@ -132,6 +209,15 @@ pub fn run(command: ReviewCommand) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A folder of policies, or none at all (`none`).
+fn import_or_none(dir: &Path) -> Result<PolicySet> {
+    if dir.as_os_str() == "none" {
+        Ok(PolicySet::default())
+    } else {
+        import(dir)
     }
 }
 

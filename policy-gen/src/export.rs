@@ -20,20 +20,51 @@ use crate::set::{EVIDENCE_ANNOTATION, PolicySet, ReviewedPolicy, WORKLOAD_ANNOTA
 
 /// The folder NetworkPolicy files go in.
 pub const NETWORK_POLICIES: &str = "networkpolicies";
+/// The folder CiliumNetworkPolicy files go in.
+pub const CILIUM_POLICIES: &str = "ciliumnetworkpolicies";
 
 #[derive(Debug, thiserror::Error)]
-#[error("writing {path}")]
-pub struct Error {
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
+pub enum Error {
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Cilium(#[from] crate::cilium::Error),
 }
 
 /// Write every policy of `set` under `dir` (see the module docs); files of an earlier export
 /// that are no longer in the set are removed, other files are left alone. Returns the
 /// files written.
 pub fn write_network_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf>, Error> {
-    let root = dir.join(NETWORK_POLICIES);
+    write_all(&dir.join(NETWORK_POLICIES), set, &|policy| {
+        Ok(match &policy.source {
+            Some(source) if source.unchanged(&policy.policy) => source.text.clone(),
+            _ => network_policy_text(policy),
+        })
+    })
+}
+
+/// Write every policy of `set` as a CiliumNetworkPolicy at
+/// `ciliumnetworkpolicies/<namespace>/<name>.yaml` (for clusters that run Cilium; see
+/// [`crate::cilium`]). A policy Cilium cannot express faithfully is an error naming it and
+/// the field, and nothing is written.
+pub fn write_cilium_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf>, Error> {
+    // Convert everything first: a refusal leaves the folder as it was.
+    for policy in set.iter() {
+        crate::cilium::to_yaml(policy)?;
+    }
+    write_all(&dir.join(CILIUM_POLICIES), set, &|policy| {
+        Ok(crate::cilium::to_yaml(policy)?)
+    })
+}
+
+type Render = dyn Fn(&ReviewedPolicy) -> Result<String, Error> + Sync;
+
+fn write_all(root: &Path, set: &PolicySet, render: &Render) -> Result<Vec<PathBuf>, Error> {
+    let root = root.to_owned();
     let policies: Vec<&ReviewedPolicy> = set.iter().collect();
     // Files are independent: written by a few threads, in set order within each.
     let threads = std::thread::available_parallelism()
@@ -43,7 +74,7 @@ pub fn write_network_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf
     let written: Vec<PathBuf> = std::thread::scope(|scope| {
         let workers: Vec<_> = policies
             .chunks(chunk)
-            .map(|part| scope.spawn(|| write_files(&root, part)))
+            .map(|part| scope.spawn(|| write_files(&root, part, render)))
             .collect();
         workers
             .into_iter()
@@ -57,21 +88,21 @@ pub fn write_network_policies(dir: &Path, set: &PolicySet) -> Result<Vec<PathBuf
     Ok(written)
 }
 
-fn write_files(root: &Path, policies: &[&ReviewedPolicy]) -> Result<Vec<PathBuf>, Error> {
+fn write_files(
+    root: &Path,
+    policies: &[&ReviewedPolicy],
+    render: &Render,
+) -> Result<Vec<PathBuf>, Error> {
     let mut written = Vec::with_capacity(policies.len());
     for policy in policies {
         let path = root.join(relative_path(policy));
-        let text = match &policy.source {
-            Some(source) if source.unchanged(&policy.policy) => source.text.clone(),
-            _ => network_policy_text(policy),
-        };
-        write_if_changed(&path, &text)?;
+        write_if_changed(&path, &render(policy)?)?;
         written.push(path);
     }
     Ok(written)
 }
 
-/// `<namespace>/<name>.yaml`.
+/// `<namespace>/<name>.yaml`, under the format's folder.
 pub fn relative_path(policy: &ReviewedPolicy) -> PathBuf {
     Path::new(policy.namespace()).join(format!("{}.yaml", policy.name()))
 }
@@ -168,7 +199,7 @@ fn trim_millis(time: &str) -> String {
 /// Write through a temporary file and a rename (a reader following the folder never sees
 /// half a file); a file that already holds `text` is not touched.
 pub fn write_if_changed(path: &Path, text: &str) -> Result<(), Error> {
-    let err = |source| Error {
+    let err = |source| Error::Write {
         path: path.to_owned(),
         source,
     };
@@ -208,7 +239,7 @@ fn remove_stale(root: &Path, written: &[PathBuf]) -> Result<(), Error> {
                     t.contains(crate::set::MANAGED_BY.1) && t.contains(WORKLOAD_ANNOTATION)
                 });
             if ours {
-                fs::remove_file(&path).map_err(|source| Error { path, source })?;
+                fs::remove_file(&path).map_err(|source| Error::Write { path, source })?;
             }
         }
     }

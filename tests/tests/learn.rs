@@ -271,6 +271,51 @@ fn learned_policy_survives_restarts_and_scaling_and_denies_the_unseen() {
         "{diffed}"
     );
 
+    // The review: Cilium's form too (the external API by address: no DNS name was seen),
+    // and the report with its picture.
+    let review = dir.path().join("review");
+    let exported = palisade(&[
+        "policy",
+        "export",
+        "--from",
+        out_arg,
+        "--out",
+        review.to_str().unwrap(),
+        "--cilium",
+    ]);
+    assert!(exported.contains("8 files written"), "{exported}");
+    let cnp = std::fs::read_to_string(
+        review.join("ciliumnetworkpolicies/shop/palisade-deployment-api.yaml"),
+    )
+    .unwrap();
+    assert!(cnp.contains("kind: CiliumNetworkPolicy"), "{cnp}");
+    let report = dir.path().join("review.html");
+    let notes = out.join("NOTES.md");
+    let reported = palisade(
+        &[
+            &[
+                "policy",
+                "report",
+                "--policies",
+                out_arg,
+                "--from",
+                "none",
+                "--notes",
+                notes.to_str().unwrap(),
+                "--out",
+                report.to_str().unwrap(),
+            ][..],
+            &traffic,
+        ]
+        .concat(),
+    );
+    assert!(reported.contains("0 flows would be denied"), "{reported}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("shop/Deployment/api"),
+        "{html}"
+    );
+
     // Rollouts: new names, addresses and pod-template-hash; one more api replica.
     let old_web = pods_of(&lab, "shop/web");
     lab.restart("shop/web").unwrap();
