@@ -464,3 +464,23 @@ fn a_diff_names_what_a_change_allows_denies_and_isolates() {
     assert_eq!(undo.newly_allowed.len(), 3);
     assert!(undo.isolation_changes.iter().all(|c| !c.isolated));
 }
+
+/// The exported files, byte for byte (`tests/golden/export/`; `PALISADE_BLESS=1` rewrites
+/// them after a deliberate change).
+#[test]
+fn exported_files_match_the_golden_files() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/export");
+    let dir = tempfile::tempdir().unwrap();
+    write_network_policies(dir.path(), &set()).unwrap();
+    let bless = std::env::var_os("PALISADE_BLESS").is_some_and(|v| v == "1");
+    for (name, text) in files(dir.path()) {
+        let path = golden.join(&name);
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (PALISADE_BLESS=1 writes it)", path.display()));
+        assert_eq!(text, expected, "{name} differs from its golden file");
+    }
+}

@@ -328,14 +328,29 @@ fn learned_policy_survives_restarts_and_scaling_and_denies_the_unseen() {
     );
     assert_eq!(pods_of(&lab, "shop/api").len(), 3);
 
-    // Enforce exactly the proposal.
+    // A reviewer takes the payment API out of the api's policy, in the file: what is
+    // enforced is the reviewed file.
+    let api_file = out.join("networkpolicies/shop/palisade-deployment-api.yaml");
+    let reviewed = std::fs::read_to_string(&api_file).unwrap().replace(
+        "  - ports:\n    - port: 8443\n      protocol: TCP\n    to:\n    - ipBlock:\n        cidr: 203.0.113.7/32\n",
+        "",
+    );
+    assert!(!reviewed.contains("cidr: 203.0.113.7"), "{reviewed}");
+    std::fs::write(&api_file, reviewed).unwrap();
+
+    // Enforce exactly the reviewed proposal.
     let applied = lab.apply_policy_files(&files).unwrap();
     assert!(applied.agent.as_ref().unwrap().is_applied(), "{applied:?}");
     lab.set_mode(model::Mode::Enforce, &ModeTarget::All)
         .unwrap();
 
     for (what, result) in baseline_traffic(&lab) {
-        assert_eq!(result, ProbeResult::Ok, "enforced: {what}");
+        let expected = if what.contains("203.0.113.7") {
+            ProbeResult::Timeout
+        } else {
+            ProbeResult::Ok
+        };
+        assert_eq!(result, expected, "enforced: {what}");
     }
     let api_pod = pods_of(&lab, "shop/api")[0].clone();
     let web_pod = pods_of(&lab, "shop/web")[0].clone();
