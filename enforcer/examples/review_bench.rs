@@ -4,7 +4,7 @@
 //! `cargo run --release -p learner --example ingest_bench -- 10000000 10000 --file /tmp/flows-2k.pb`
 //! then `cargo run --release -p enforcer --example review_bench -- /tmp/flows-2k.pb`.
 //!
-//! The records are read into a baseline (as `palisade learn ingest` does, in memory), the
+//! The records are read into a baseline (in memory, on every core: `learner::parallel`), the
 //! cluster is rebuilt from the workload names the generator uses (`team-NN/Deployment/
 //! svc-NNNNN`, 3 pods each, labels `app` and `tier`), one NetworkPolicy per workload is
 //! proposed, exported as files (timed), and the recorded connections are replayed against
@@ -12,24 +12,18 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::BufReader,
     net::{IpAddr, Ipv4Addr},
     time::Instant,
 };
 
 use learner::{
-    baseline::{Baseline, Batch},
+    baseline::Baseline,
     connections::connections,
     propose::{Options, propose},
-    record_view::RecordView,
 };
-use model::{
-    netpol::{
-        cluster::{Cluster, Pod},
-        evaluate::DefaultAction,
-    },
-    wire::FlowReader,
+use model::netpol::{
+    cluster::{Cluster, Pod},
+    evaluate::DefaultAction,
 };
 use policy_gen::{
     export::write_network_policies,
@@ -46,23 +40,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: review_bench FLOWS.pb (see the module docs)")?;
 
     let started = Instant::now();
-    let mut reader = FlowReader::new(BufReader::with_capacity(1 << 20, File::open(&path)?), &path);
-    let mut view = RecordView::default();
-    let mut batch = Batch::default();
-    let mut baseline = Baseline::default();
-    let mut records = 0u64;
-    while reader.next_frame(|bytes| view.decode(bytes))? {
-        batch.observe(&view.observation()?);
-        records += 1;
-        if records.is_multiple_of(2_000_000) {
-            baseline.merge_batch(&batch);
-            batch.clear();
-        }
-    }
-    baseline.merge_batch(&batch);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let read = learner::parallel::read_file(path.as_ref(), threads)?;
+    let (baseline, records) = (read.baseline, read.records);
     let read = started.elapsed().as_secs_f64();
     println!(
-        "read {records} records into {} rules in {read:.2} s",
+        "read {records} records into {} rules in {read:.2} s ({threads} threads)",
         baseline.len()
     );
 

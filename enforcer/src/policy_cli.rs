@@ -89,7 +89,7 @@ pub struct Traffic {
     /// The learner's store (`palisade learn ingest --store`).
     #[arg(long, env = "PALISADE_LEARN_STORE", required_unless_present = "flows")]
     store: Option<PathBuf>,
-    /// Or files of flow records (JSON lines or protobuf), read into a temporary store.
+    /// Or files of flow records (JSON lines or protobuf), read on every core.
     #[arg(long, num_args = 1..)]
     flows: Vec<PathBuf>,
     /// Only connections seen in this last period (e.g. 7d).
@@ -236,20 +236,26 @@ impl Traffic {
         let baseline = match &self.store {
             Some(path) => Store::open(path)?.baseline(since_ms)?,
             None => {
-                let dir = tempdir()?;
-                let mut store = Store::open(&dir.join("flows.db"))?;
+                let threads = std::thread::available_parallelism().map_or(1, usize::from);
+                let mut baseline = learner::baseline::Baseline::default();
                 for file in &self.flows {
-                    learner::ingest::ingest_file(
-                        &mut store,
-                        file,
-                        &learner::ingest::Options::default(),
-                        &mut |_| {},
-                    )
-                    .with_context(|| format!("reading {}", file.display()))?;
+                    let read = learner::parallel::read_file(file, threads)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    if read.bad > 0 {
+                        eprintln!(
+                            "{}: {} records could not be read:",
+                            file.display(),
+                            read.bad
+                        );
+                        for e in &read.errors {
+                            eprintln!("  {e}");
+                        }
+                    }
+                    baseline.merge(&read.baseline);
                 }
-                let baseline = store.baseline(since_ms)?;
-                drop(store);
-                std::fs::remove_dir_all(&dir).ok();
+                if let Some(since) = since_ms {
+                    baseline.rules.retain(|_, e| e.last_seen_ms >= since);
+                }
                 baseline
             }
         };
@@ -260,13 +266,6 @@ impl Traffic {
         };
         Ok((cluster, flows, options))
     }
-}
-
-/// A private folder for a temporary store.
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("palisade-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 fn millis(at: SystemTime) -> i64 {

@@ -10,6 +10,7 @@
 //!   port), per hour for the store.
 //! - [`store`]: the baseline persisted in SQLite, hourly buckets compacted to days, with
 //!   the readers' checkpoints committed in the same transaction.
+//! - [`parallel`]: a whole file of records read on every core (replay, benchmarks).
 //! - [`ingest`]: files of flow records into the store, resumable, never counted twice.
 //! - [`workload`]: pods folded into their owning workload, and the smallest set of stable
 //!   labels that selects exactly a workload's pods (what a proposed policy will select).
@@ -23,6 +24,7 @@ pub mod evidence;
 pub mod ingest;
 pub mod intern;
 pub mod observation;
+pub mod parallel;
 pub mod propose;
 pub mod record_view;
 pub mod report;

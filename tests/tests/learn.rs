@@ -259,6 +259,19 @@ fn learned_policy_survives_restarts_and_scaling_and_denies_the_unseen() {
         replayed.contains("100.0% allowed; 0 flows would be denied"),
         "{replayed}"
     );
+    // The same straight from the agent's file of records.
+    let from_file = palisade(&[
+        "policy",
+        "replay",
+        "--policies",
+        out_arg,
+        "--flows",
+        flows,
+        "--cluster",
+        cluster.to_str().unwrap(),
+    ]);
+    assert_eq!(from_file, replayed);
+
     let diffed = palisade(
         &[
             &["policy", "diff", "--from", "none", "--to", out_arg][..],
