@@ -951,8 +951,11 @@ fn the_agent_enforces_its_policy_file_and_keeps_the_last_good_one() {
     };
 
     replace_policy_file(&path, &policy_allowing(Protocol::Tcp, 8080));
+    // The endpoints were attached open: wait for the agent's word, not just a connection
+    // (which an open endpoint lets through before the policy arrives).
     assert!(
-        eventually(|| traffic::tcp_connects(&a.netns, b_web)),
+        eventually(|| node.agent().log_text().contains("policy applied")
+            && traffic::tcp_connects(&a.netns, b_web)),
         "the file's rule is enforced:\n{}",
         node.agent().log_text()
     );
