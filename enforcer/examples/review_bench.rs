@@ -29,7 +29,6 @@ use policy_gen::{
     export::write_network_policies,
     import::import_dir,
     replay::{ReplayOptions, replay},
-    set::{PolicySet, ReviewedPolicy},
 };
 
 const PODS: u32 = 3;
@@ -52,15 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = cluster_of(&baseline);
     let started = Instant::now();
     let proposal = propose(&baseline, &cluster, &Options::default());
-    let mut set = PolicySet::default();
-    for p in proposal.policies {
-        set.insert(ReviewedPolicy {
-            policy: p.policy,
-            workload: Some(p.workload.to_string()),
-            evidence: p.evidence,
-            source: None,
-        });
-    }
+    let set = enforcer::review::policy_set(&proposal);
     let rules: usize = set
         .iter()
         .filter_map(|p| p.policy.spec.as_ref())

@@ -16,10 +16,6 @@ use learner::{
     widen::{CidrGroup, Widening},
 };
 use model::netpol::cluster::Cluster;
-use policy_gen::{
-    export::write_network_policies,
-    set::{PolicySet, ReviewedPolicy},
-};
 
 #[derive(Subcommand)]
 pub enum LearnCommand {
@@ -345,20 +341,8 @@ fn propose(
         );
     }
     let proposal = propose::propose(&baseline, &cluster, options);
-    let mut set = PolicySet::default();
-    for p in proposal.policies {
-        set.insert(ReviewedPolicy {
-            policy: p.policy,
-            workload: Some(p.workload.to_string()),
-            evidence: p.evidence,
-            source: None,
-        });
-    }
-    let written = write_network_policies(out, &set)
+    let written = enforcer::review::write_proposal(out, &proposal)
         .with_context(|| format!("writing the proposal into {}", out.display()))?;
-    let notes = out.join(NOTES_FILE);
-    std::fs::write(&notes, notes_text(&proposal.notes))
-        .with_context(|| format!("writing {}", notes.display()))?;
     for path in &written {
         println!("{}", path.display());
     }
@@ -367,23 +351,9 @@ fn propose(
         written.len(),
         baseline.len(),
         proposal.notes.len(),
-        notes.display()
+        out.join(enforcer::review::NOTES_FILE).display()
     );
     Ok(())
-}
-
-/// What the proposal leaves out, and why.
-const NOTES_FILE: &str = "NOTES.md";
-
-fn notes_text(notes: &[propose::Note]) -> String {
-    let mut text = String::from("# Observed but not in the proposal\n\n");
-    if notes.is_empty() {
-        text.push_str("Nothing: every observed connection has a rule.\n");
-    }
-    for note in notes {
-        text.push_str(&format!("- **{}**: {}\n", note.workload, note.message));
-    }
-    text
 }
 
 fn parse_resolver(s: &str) -> Result<Resolver, String> {

@@ -15,6 +15,7 @@
 //! - [`paths`]: default locations (bpffs root, run folder).
 //! - [`policy_file`]: a node's compiled rules and identities as a YAML file.
 //! - [`policy_source`]: the policy file an agent enforces and watches.
+//! - [`review`]: the learner's proposal as the policy set and files people review.
 //! - [`watch`]: waiting for a file to change (inotify on its folder).
 //! - [`error`]: the library's error type.
 pub mod agent;
@@ -28,6 +29,7 @@ pub mod netns;
 pub mod paths;
 pub mod policy_file;
 pub mod policy_source;
+pub mod review;
 pub mod watch;
 
 pub use error::{Error, Result};
