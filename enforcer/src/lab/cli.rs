@@ -119,12 +119,20 @@ pub enum LabCommand {
         workload: String,
         replicas: u32,
     },
-    /// Bring up the default topology with the agent, make some traffic, show the flows
-    /// live, then tear it all down.
+    /// The story on the built-in shop: learn its traffic, propose and review policies,
+    /// monitor, then enforce while attacks are injected; a summary from the kernel's own
+    /// records, then teardown (unless --keep). Fails if anything legitimate was denied or
+    /// an attack was not.
     Demo {
         /// Leave the lab up afterwards.
         #[arg(long)]
         keep: bool,
+        /// How long the traffic generator plays while Palisade learns.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        learn_for: Duration,
+        /// Where the baseline, the proposed policies and the review report are written.
+        #[arg(long, default_value = "palisade-demo")]
+        out: PathBuf,
     },
     /// Print the built-in topology.
     Example,
@@ -391,7 +399,19 @@ pub fn run(name: &str, command: LabCommand) -> anyhow::Result<()> {
             let change = lab.scale(&workload, replicas)?;
             print_change(&lab, &change);
         }
-        LabCommand::Demo { keep } => demo::run(name, keep, this_binary()?)?,
+        LabCommand::Demo {
+            keep,
+            learn_for,
+            out,
+        } => demo::run(
+            name,
+            &demo::DemoOptions {
+                program: this_binary()?,
+                keep,
+                learn_for,
+                out,
+            },
+        )?,
         LabCommand::Example => print!("{DEFAULT_TOPOLOGY}"),
         LabCommand::Serve => servers::serve(name)?,
     }

@@ -199,6 +199,15 @@ pub enum Error {
     #[error("lab {name:?} runs without the agent (up --no-agent): no {what}")]
     NoAgent { name: String, what: &'static str },
 
+    /// An attack (`lab::attacks`) asked for what it must not do: a target outside the lab,
+    /// a spoofed source whose echoes would leave it, sizes out of bounds.
+    #[error("{attack} from {pod}: {problem}")]
+    Attack {
+        attack: &'static str,
+        pod: String,
+        problem: String,
+    },
+
     #[error("binding {protocol}/{port} in network namespace {netns:?}")]
     Bind {
         netns: String,

@@ -60,8 +60,12 @@
 //! - [`net`]: namespaces, veths, addresses and routes (`ip -batch`), sysctls.
 //! - [`services`]: ClusterIPs as nftables DNAT in the node namespace.
 //! - [`servers`]: the lab's server process: TCP and UDP echo on every declared port.
+//! - [`resolver`]: the lab's cluster DNS, which the server answers on UDP 53 of
+//!   `k8s-app: kube-dns` pods (external hosts and Services by name); lookups from pods.
 //! - [`process`]: starting, recognising and stopping the lab's background processes.
 //! - [`probe`]: echo probes from pods (and external hosts), and probe matrices.
+//! - [`attacks`]: what a compromised pod tries (scans, callbacks, exfiltration, DNS
+//!   tunnels, spoofing), from its namespace, as the attacker sees it.
 //! - [`policy`]: the lab's NetworkPolicy files: apply, delete, list.
 //! - [`labels`]: changing pod and namespace labels; the per-namespace default.
 //! - [`agent`]: the agent's answers to changes (from its log), restarting it, endpoint modes.
@@ -70,6 +74,7 @@
 //! - [`error`]: the lab's error type.
 
 pub mod agent;
+pub mod attacks;
 pub mod cli;
 pub mod demo;
 pub mod error;
@@ -79,6 +84,7 @@ pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod process;
+pub mod resolver;
 pub mod servers;
 pub mod services;
 pub mod state;

@@ -1,5 +1,6 @@
 //! The lab's server process (`palisade lab serve`): TCP echo and UDP echo on every port of
-//! every pod and external host, over IPv4 and IPv6.
+//! every pod and external host, over IPv4 and IPv6; on UDP 53 of the cluster's resolver
+//! pods (`k8s-app: kube-dns`), DNS answers from the lab's [`Zone`] instead.
 //!
 //! One process serves the whole lab. It binds every socket from a thread inside the owning
 //! namespace (a socket belongs to the namespace it was created in, for good), then serves
@@ -8,7 +9,9 @@
 //! connection and per UDP socket, and idle connections are closed.
 //!
 //! The lab restarts this process whenever pods change: the sockets it holds would otherwise
-//! keep a deleted pod's namespace alive.
+//! keep a deleted pod's namespace alive. Restarted, it reads the state again, so new pods
+//! serve their ports, new resolver pods included (the zone's external hosts and Services do
+//! not change once the lab is up).
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -26,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::{
     error::{Error, Result},
     process,
+    resolver::{self, Zone},
     state::{Layout, State},
     topology::{Port, Protocol},
 };
@@ -39,12 +43,14 @@ const TCP_BUFFER: usize = 4096;
 /// The largest UDP payload.
 const UDP_BUFFER: usize = 65_536;
 
-/// A bound socket, and where it lives (for logs).
+/// A bound socket, where it lives (for logs), and what it serves.
 struct Bound {
     netns: String,
     port: u16,
     protocol: Protocol,
     socket: Listener,
+    /// DNS answers from this zone instead of echoes (UDP only).
+    dns: Option<Arc<Zone>>,
 }
 
 enum Listener {
@@ -60,21 +66,25 @@ pub fn serve(name: &str) -> Result<()> {
         name: name.to_owned(),
         state_dir: layout.dir.clone(),
     })?;
+    let zone = Arc::new(Zone::new(&state.externals, &state.services));
     let hosts = state
         .pods
         .iter()
-        .map(|p| (&p.netns, &p.ports))
-        .chain(state.externals.iter().map(|e| (&e.netns, &e.ports)));
+        .map(|p| (&p.netns, &p.ports, resolver::is_resolver(p)))
+        .chain(state.externals.iter().map(|e| (&e.netns, &e.ports, false)));
     let mut bound = Vec::new();
-    for (ns, ports) in hosts {
+    let mut resolvers = 0;
+    for (ns, ports, is_resolver) in hosts {
         if ports.is_empty() {
             continue;
         }
+        let dns = is_resolver.then_some(&zone);
         let sockets =
-            netns::run_in(ns, || bind_all(ns, ports)).map_err(|source| Error::Netns {
+            netns::run_in(ns, || bind_all(ns, ports, dns)).map_err(|source| Error::Netns {
                 netns: ns.clone(),
                 source,
             })??;
+        resolvers += sockets.iter().filter(|b| b.dns.is_some()).count();
         bound.extend(sockets);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,15 +101,21 @@ pub fn serve(name: &str) -> Result<()> {
             spawn_server(b)?;
         }
         process::write_ready(&layout.server_ready())?;
-        info!(lab = name, sockets = count, "serving");
+        info!(
+            lab = name,
+            sockets = count,
+            dns_sockets = resolvers,
+            names = zone.names().count(),
+            "serving"
+        );
         std::future::pending::<()>().await;
         Ok(())
     })
 }
 
 /// Every port on the unspecified address of both families (IPv6 sockets are IPv6-only, so
-/// the two never collide).
-fn bind_all(netns: &str, ports: &[Port]) -> Result<Vec<Bound>> {
+/// the two never collide). With a zone, UDP 53 answers DNS.
+fn bind_all(netns: &str, ports: &[Port], zone: Option<&Arc<Zone>>) -> Result<Vec<Bound>> {
     let mut bound = Vec::with_capacity(ports.len() * 2);
     for port in ports {
         for ip in [Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()] {
@@ -110,11 +126,15 @@ fn bind_all(netns: &str, ports: &[Port]) -> Result<Vec<Bound>> {
                 port: port.port.get(),
                 source,
             })?;
+            let dns = zone
+                .filter(|_| port.protocol == Protocol::Udp && port.port.get() == resolver::DNS_PORT)
+                .cloned();
             bound.push(Bound {
                 netns: netns.to_owned(),
                 port: port.port.get(),
                 protocol: port.protocol,
                 socket,
+                dns,
             });
         }
     }
@@ -149,13 +169,19 @@ fn spawn_server(bound: Bound) -> Result<()> {
         port,
         protocol,
         socket,
+        dns,
     } = bound;
     let converted = match socket {
         Listener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(|l| {
             tokio::spawn(tcp_echo(l, netns.clone(), port));
         }),
-        Listener::Udp(s) => tokio::net::UdpSocket::from_std(s).map(|s| {
-            tokio::spawn(udp_echo(s, netns.clone(), port));
+        Listener::Udp(s) => tokio::net::UdpSocket::from_std(s).map(|s| match dns {
+            Some(zone) => {
+                tokio::spawn(udp_dns(s, zone, netns.clone(), port));
+            }
+            None => {
+                tokio::spawn(udp_echo(s, netns.clone(), port));
+            }
         }),
     };
     converted.map_err(|source| Error::Bind {
@@ -221,6 +247,28 @@ async fn udp_echo(socket: tokio::net::UdpSocket, netns: String, port: u16) {
     }
 }
 
+/// Answer DNS queries from `zone`; anything else gets nothing (but the lab's echo probes,
+/// see [`Zone::respond`]).
+async fn udp_dns(socket: tokio::net::UdpSocket, zone: Arc<Zone>, netns: String, port: u16) {
+    let mut buf = vec![0u8; UDP_BUFFER];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, peer)) => {
+                let Some(reply) = zone.respond(&buf[..n]) else {
+                    continue;
+                };
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    debug!(netns, port, %peer, error = %e, "answer failed");
+                }
+            }
+            Err(e) => {
+                debug!(netns, port, error = %e, "receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read as _, Write as _};
@@ -254,6 +302,7 @@ mod tests {
                     port: 0,
                     protocol,
                     socket,
+                    dns: None,
                 };
                 spawn_server(bound).unwrap();
             }
@@ -273,6 +322,62 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, from) = client.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from), (&b"ping"[..], udp_addr));
+        runtime.shutdown_background();
+    }
+
+    /// A UDP socket with a zone answers DNS (and the lab's echo probes), on loopback.
+    #[test]
+    fn a_resolver_socket_answers_dns() {
+        use super::super::{
+            probe::{self, ProbeResult},
+            resolver::{DnsOutcome, RecordType, query},
+            state::ExternalHost,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let Listener::Udp(u) = bind("127.0.0.1:0".parse().unwrap(), Protocol::Udp).unwrap() else {
+            unreachable!()
+        };
+        let addr = u.local_addr().unwrap();
+        let external = ExternalHost {
+            name: "db.example.net".into(),
+            addresses: vec!["198.51.100.7".parse().unwrap()],
+            ports: Vec::new(),
+            slot: 1,
+            netns: "x".into(),
+            host_interface: "x".into(),
+        };
+        let zone = Arc::new(Zone::new(&[external], &[]));
+        runtime.block_on(async {
+            let bound = Bound {
+                netns: "test".into(),
+                port: 0,
+                protocol: Protocol::Udp,
+                socket: Listener::Udp(u),
+                dns: Some(zone),
+            };
+            spawn_server(bound).unwrap();
+        });
+        let timeout = Duration::from_secs(2);
+        assert_eq!(
+            query(addr, "db.example.net", RecordType::A, timeout),
+            DnsOutcome::Answered(vec!["198.51.100.7".parse().unwrap()])
+        );
+        assert_eq!(
+            query(addr, "db.example.org", RecordType::A, timeout),
+            DnsOutcome::NxDomain
+        );
+        assert_eq!(probe::probe(addr, Protocol::Udp, timeout), ProbeResult::Ok);
+        // Garbage is not answered.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        client.send_to(b"garbage", addr).unwrap();
+        assert!(client.recv(&mut [0u8; 64]).is_err());
         runtime.shutdown_background();
     }
 }
