@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Palisade demo on one machine: builds the agent, then `palisade lab demo` brings up a
-# small microservice shop in network namespaces, attaches the datapath, shows the flows it
-# sees live, and tears everything down. Extra arguments go to `palisade lab demo`.
+# small microservice shop in network namespaces, learns its traffic, proposes and reviews
+# policies (written to palisade-demo/), monitors, enforces while attacks are injected, sums
+# up from the kernel's records, and tears everything down. Extra arguments go to
+# `palisade lab demo` (e.g. --learn-for 60s, --keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
