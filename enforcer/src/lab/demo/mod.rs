@@ -239,13 +239,18 @@ fn learn(lab: &Lab, duration: Duration) -> anyhow::Result<Learned> {
         for (what, result) in failed {
             println!("\n      round {round}: {what}: {result:?}");
         }
-        print!(
-            "\r      round {:>3}: {} connections so far, {:>4.0} s left   ",
+        let line = format!(
+            "      round {:>3}: {} connections so far, {:>4.0} s left",
             learned.rounds,
             learned.connections,
             duration.saturating_sub(started.elapsed()).as_secs_f64()
         );
-        std::io::Write::flush(&mut std::io::stdout()).ok();
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            print!("\r{line}   ");
+            std::io::Write::flush(&mut std::io::stdout()).ok();
+        } else if learned.rounds % 5 == 1 {
+            println!("{line}");
+        }
         std::thread::sleep(Duration::from_millis(700));
     }
     if !nightly_done {
@@ -290,7 +295,12 @@ fn phase(lab: &Lab, list_probes: bool) -> anyhow::Result<Phase> {
         let start = lines(lab);
         let (pod, seen) = (attack.run)(lab)?;
         std::thread::sleep(SETTLE);
-        println!("      {:<34} from {pod}: {seen}", attack.name);
+        let w = attacks::ATTACKS
+            .iter()
+            .map(|a| a.name.len())
+            .max()
+            .unwrap_or(0);
+        println!("      {:<w$}  from {pod}: {seen}", attack.name);
         windows.push(Window {
             label: attack.name.to_owned(),
             start,
