@@ -361,7 +361,10 @@ fn spoofed(here: &Here, scratch: &mut Scratch) -> i32 {
         direction: Direction::Egress,
         judgment: refusal(here.mode, Reason::Spoofed, 0),
     };
-    refuse(here, &scratch.key, &what)
+    // Monitor mode drops nothing: the spoofed packet is recorded as would-deny (once per
+    // attempt, like any refusal) and passes.
+    let drop = here.mode != Mode::Monitor;
+    refuse_or_record(here, &scratch.key, &what, drop)
 }
 
 /// ARP always passes, except a pod announcing an address that is not its own.
@@ -551,11 +554,23 @@ fn new_connection(here: &Here, scratch: &mut Scratch) -> i32 {
 /// Drop a refused attempt. The first packet of an attempt (per policy revision) is recorded
 /// and reported; its retransmissions are only counted, so a scan or flood costs one
 /// `DENIED` entry per attempt and never touches `CONNTRACK`.
-#[inline(never)]
+#[inline(always)]
 fn refuse(here: &Here, key: &ConntrackKey, what: &Verdicted) -> i32 {
+    refuse_or_record(here, key, what, true)
+}
+
+/// [`refuse`], or with `drop` false only record the attempt (once, like a refusal) and let
+/// the packet pass.
+#[inline(never)]
+fn refuse_or_record(here: &Here, key: &ConntrackKey, what: &Verdicted, drop: bool) -> i32 {
     let judgment = what.judgment;
-    count_endpoint(here.ep.endpoint_id, EndpointCounter::Dropped);
-    count(Counter::Drops);
+    let action = if drop {
+        count_endpoint(here.ep.endpoint_id, EndpointCounter::Dropped);
+        count(Counter::Drops);
+        tc_action::SHOT
+    } else {
+        tc_action::NEXT
+    };
     let now = here.now;
     if let Some(seen) = DENIED.get_ptr_mut(key) {
         // SAFETY: valid for this run; a lost increment under a race only undercounts.
@@ -563,7 +578,7 @@ fn refuse(here: &Here, key: &ConntrackKey, what: &Verdicted) -> i32 {
         if seen.policy_revision == here.ep.policy_revision {
             seen.last_ns = now;
             atomic_add(&mut seen.packets, 1);
-            return tc_action::SHOT;
+            return action;
         }
     }
     let value = DeniedValue {
@@ -577,7 +592,7 @@ fn refuse(here: &Here, key: &ConntrackKey, what: &Verdicted) -> i32 {
     count(Counter::Denied);
     count_endpoint(here.ep.endpoint_id, EndpointCounter::Denied);
     emit(here, key, what);
-    tc_action::SHOT
+    action
 }
 
 /// Record a first fragment's verdict for the datagram's later fragments.

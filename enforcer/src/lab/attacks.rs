@@ -30,7 +30,7 @@
 
 use std::{
     collections::BTreeSet,
-    fmt,
+    fmt::{self, Write as _},
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket},
     sync::{
@@ -180,11 +180,14 @@ impl Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} from {} to {}: {}/{} succeeded",
-            self.attack, self.from, self.target, self.succeeded, self.attempts
-        )?;
+        write!(f, "{} from {} to ", self.attack, self.from)?;
+        // A scan's target has no port.
+        if self.target.port() == 0 {
+            write!(f, "{}", self.target.ip())?;
+        } else {
+            write!(f, "{}", self.target)?;
+        }
+        write!(f, ": {}/{} succeeded", self.succeeded, self.attempts)?;
         for (n, what) in [
             (self.refused, "refused"),
             (self.timed_out, "timed out"),
@@ -715,9 +718,16 @@ pub fn dns_tunnel(
         responses += usize::from(reply.response);
     }
     outcome.detail = format!(
-        "{} queries under {domain}, {} answered ({} of them DNS responses, the rest echoes)",
-        outcome.attempts, outcome.succeeded, responses
+        "{} queries under {domain}, {} answered",
+        outcome.attempts, outcome.succeeded
     );
+    if outcome.succeeded > 0 {
+        let echoes = outcome.succeeded - responses;
+        let _ = write!(
+            outcome.detail,
+            " ({responses} DNS responses, {echoes} echoes of the query)"
+        );
+    }
     Ok(outcome)
 }
 
