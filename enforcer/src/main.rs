@@ -26,12 +26,14 @@ use enforcer::{
     policy_file::NodePolicy,
     policy_source::{NetworkPolicyConfig, SourceConfig},
 };
+use flows_cli::FlowsArgs;
 use ipnet::IpNet;
 use learn_cli::LearnCommand;
 use model::wire::{FlowWriter, Format};
 use policy_cli::ReviewCommand;
 use tracing_subscriber::EnvFilter;
 
+mod flows_cli;
 mod learn_cli;
 mod policy_cli;
 
@@ -195,6 +197,9 @@ enum Command {
         command: PrefilterCommand,
     },
     /// Run Palisade on one machine: pods as network namespaces wired like a node.
+    /// Flow records as a table: an agent's output file or a lab's (`--lab NAME`),
+    /// optionally followed.
+    Flows(FlowsArgs),
     /// Learn what workloads talk to: flow records -> a baseline with evidence -> proposed
     /// NetworkPolicies.
     Learn {
@@ -259,6 +264,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Lab { name, command } => lab::cli::run(&name, command),
         Command::Learn { command } => learn_cli::run(command),
+        Command::Flows(args) => flows_cli::run(args),
         Command::Agent {
             node,
             interfaces,

@@ -396,4 +396,16 @@ fn learned_policy_survives_restarts_and_scaling_and_denies_the_unseen() {
             "{why}: {from} -> {to}:{port}"
         );
     }
+    // The refusals, as `palisade flows` shows them.
+    std::thread::sleep(Duration::from_millis(500));
+    let shown = palisade(&["flows", "--lab", lab.name(), "--verdict", "deny"]);
+    let lines: Vec<&str> = shown.lines().skip(1).collect();
+    assert!(
+        lines.iter().any(|l| l.contains(&web_pod)
+            && l.contains("data/db-0")
+            && l.contains("TCP/5432")
+            && l.contains("no-rule")),
+        "{shown}"
+    );
+    assert!(lines.iter().all(|l| l.contains(" deny ")), "{shown}");
 }

@@ -810,6 +810,11 @@ impl Lab {
     }
 }
 
+/// Where the lab `name`'s agent writes its flow records (whether or not the lab is up).
+pub fn flows_file_of(name: &str) -> Result<PathBuf> {
+    Ok(Layout::new(name)?.flows_file())
+}
+
 /// Tear the lab `name` down: stop its server and agent, remove its pins, namespaces and
 /// state. Works on a partial or stale lab (also without state: namespaces are found by
 /// name, processes by the markers on their command lines), and does nothing for a lab that
