@@ -80,6 +80,9 @@ pub enum LearnCommand {
         hourly_for: Duration,
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         keep_for: Duration,
+        /// Client pods not seen for this long are forgotten (rollouts rename them).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        sources_for: Duration,
     },
 }
 
@@ -125,6 +128,7 @@ pub fn run(command: LearnCommand) -> Result<()> {
             store,
             hourly_for,
             keep_for,
+            sources_for,
         } => {
             let mut store = open(&store)?;
             let done = store.compact(
@@ -132,6 +136,7 @@ pub fn run(command: LearnCommand) -> Result<()> {
                 &Retention {
                     hourly_for,
                     keep_for,
+                    sources_for,
                 },
             )?;
             println!(

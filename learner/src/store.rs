@@ -140,8 +140,12 @@ pub struct Retention {
     /// per day.
     pub hourly_for: Duration,
     /// Buckets that ended more than this ago are deleted; so are the rules left without
-    /// one, client pods not seen for as long, and names nothing refers to any more.
+    /// one, and names nothing refers to any more.
     pub keep_for: Duration,
+    /// Client pods not seen for this long are forgotten (at most `keep_for`): pod names
+    /// change with every rollout, so a month of them would be a third of the store, and a
+    /// rule's evidence counts the client pods of its recent past.
+    pub sources_for: Duration,
 }
 
 impl Default for Retention {
@@ -149,6 +153,7 @@ impl Default for Retention {
         Self {
             hourly_for: Duration::from_secs(48 * 3600),
             keep_for: Duration::from_secs(30 * 86_400),
+            sources_for: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -1137,12 +1142,16 @@ fn compact(tx: &Transaction<'_>, now_ms: i64, policy: &Retention) -> rusqlite::R
     done.rules_deleted = exec("DELETE FROM rules WHERE last_day < ?1", &[cut_day])?;
     // Scan the client pods when a day has passed since the last scan or rules went away,
     // not on every compaction.
-    if done.rules_deleted > 0 || cut_day > meta("sources_cut_day").optional()?.unwrap_or(i64::MIN) {
+    let sources_ms = now_ms.saturating_sub(to_ms(policy.sources_for.min(policy.keep_for)));
+    let sources_cut = sources_ms.div_euclid(DAY_MS);
+    if done.rules_deleted > 0
+        || sources_cut > meta("sources_cut_day").optional()?.unwrap_or(i64::MIN)
+    {
         done.sources_deleted = exec(
             "DELETE FROM sources WHERE last_day < ?1 OR rule NOT IN (SELECT id FROM rules)",
-            &[cut_day],
+            &[sources_cut],
         )?;
-        set_meta("sources_cut_day", cut_day)?;
+        set_meta("sources_cut_day", sources_cut)?;
     }
     if done.rules_deleted > 0 || done.sources_deleted > 0 {
         done.names_deleted = exec(

@@ -323,6 +323,7 @@ fn compaction_merges_hours_into_days_keeps_totals_and_expires_old_rules() {
     let now = T0 + HOUR_MS;
     let keep_all = Retention {
         keep_for: Duration::from_secs(100 * 86_400),
+        sources_for: Duration::from_secs(100 * 86_400),
         ..Retention::default()
     };
     let done = store.compact(now, &keep_all).unwrap();
@@ -669,4 +670,33 @@ fn a_crash_while_creating_the_store_leaves_a_file_the_next_open_initialises() {
     let mut store = Store::open(&crashed).unwrap();
     store.commit(&varied_batch(), None).unwrap();
     assert_eq!(store.stats().unwrap().rules, 7);
+}
+
+/// Client pods are forgotten after `sources_for`, their rules and counts are not.
+#[test]
+fn client_pods_age_out_before_the_rules_they_used() {
+    let (_dir, _path, mut store) = temp_store();
+    let mut b = Batch::default();
+    let api = workload_rule(&mut b, "shop/Deployment/web", "shop/Deployment/api", 8080);
+    conn(&mut b, api, T0 - 10 * DAY, Some("shop/web-old"), 10);
+    conn(&mut b, api, T0 - DAY, Some("shop/web-new"), 10);
+    store.commit(&b, None).unwrap();
+    let pods = |store: &Store| {
+        let baseline = store.baseline(None).unwrap();
+        let (_, e) = baseline.sorted()[0];
+        let mut pods: Vec<String> = e
+            .source_pods
+            .iter()
+            .map(|p| baseline.names.get(p).to_owned())
+            .collect();
+        pods.sort();
+        (pods, e.connections)
+    };
+    assert_eq!(
+        pods(&store),
+        (vec!["shop/web-new".into(), "shop/web-old".into()], 2)
+    );
+    let done = store.compact(T0, &Retention::default()).unwrap();
+    assert_eq!(done.sources_deleted, 1, "{done:?}");
+    assert_eq!(pods(&store), (vec!["shop/web-new".into()], 2));
 }
