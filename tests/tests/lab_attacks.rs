@@ -189,7 +189,13 @@ fn attack_all(lab: &Lab) -> Seen {
 fn new_on<'a>(records: &'a [FlowRecord], pod: &Pod, mode: Mode) -> Vec<&'a FlowRecord> {
     records
         .iter()
-        .filter(|r| r.kind == FlowKind::New && r.interface == pod.host_interface && r.mode == mode)
+        // An attempt that reuses an earlier phase's 5-tuple (a random source port of a UDP
+        // query, say) finds that connection and is re-judged instead of new.
+        .filter(|r| {
+            matches!(r.kind, FlowKind::New | FlowKind::Rejudged)
+                && r.interface == pod.host_interface
+                && r.mode == mode
+        })
         .collect()
 }
 
@@ -213,7 +219,7 @@ fn wait_for_records(lab: &Lab, mode: Mode, checks: &[Check<'_>]) {
         if Instant::now() > deadline {
             let dump: Vec<String> = records
                 .iter()
-                .filter(|r| r.mode == mode && r.kind == FlowKind::New)
+                .filter(|r| r.mode == mode && matches!(r.kind, FlowKind::New | FlowKind::Rejudged))
                 .map(|r| serde_json::to_string(r).unwrap())
                 .collect();
             panic!(
