@@ -43,7 +43,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Time for the agent's records of a connection to reach its output file.
-const SETTLE: Duration = Duration::from_millis(600);
+const SETTLE: Duration = Duration::from_millis(1000);
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
