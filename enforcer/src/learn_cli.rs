@@ -11,11 +11,11 @@ use clap::Subcommand;
 use learner::{
     baseline::Baseline,
     ingest::{self, Progress},
-    propose::{self, Options, Resolver},
+    propose::{self, Options},
     store::{Retention, Store},
     widen::{CidrGroup, Widening},
 };
-use model::netpol::cluster::Cluster;
+use model::netpol::cluster::{Cluster, Resolver};
 
 #[derive(Subcommand)]
 pub enum LearnCommand {

@@ -26,7 +26,7 @@ use k8s_openapi::{
 use model::{
     Direction,
     evidence::{MANAGED_BY, RuleEvidence, WORKLOAD_ANNOTATION, Widened},
-    netpol::cluster::{Cluster, NAMESPACE_NAME_LABEL, Pod, TargetPort},
+    netpol::cluster::{Cluster, NAMESPACE_NAME_LABEL, Pod, Resolver, TargetPort},
 };
 use serde::Serialize;
 
@@ -36,23 +36,6 @@ use crate::{
     widen::Widening,
     workload::{PodInfo, SelectorError, WorkloadRef, selector_for},
 };
-
-/// Where pods resolve names: DNS egress to it is part of every proposal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolver {
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Default for Resolver {
-    /// CoreDNS as most distributions deploy it.
-    fn default() -> Self {
-        Self {
-            namespace: "kube-system".into(),
-            labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {

@@ -95,7 +95,7 @@ use k8s_openapi::{
 use model::{
     Direction,
     netpol::{
-        cluster::NAMESPACE_NAME_LABEL,
+        cluster::{NAMESPACE_NAME_LABEL, Resolver},
         validate::{self, FieldError},
     },
 };
@@ -199,42 +199,23 @@ fn list(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
-/// Where pods resolve names; DNS to it must pass Cilium's DNS proxy for `toFQDNs` to work.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolver {
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Default for Resolver {
-    /// CoreDNS as most distributions deploy it (and as Palisade proposes DNS egress).
-    fn default() -> Self {
-        Self {
-            namespace: "kube-system".into(),
-            labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
-        }
+/// The resolver's pods as a peer selector of the export.
+fn resolver_selector(resolver: &Resolver) -> EndpointSelector {
+    let mut match_labels = resolver.labels.clone();
+    match_labels.insert(POD_NAMESPACE.into(), resolver.namespace.clone());
+    EndpointSelector {
+        match_labels,
+        match_expressions: Vec::new(),
     }
 }
 
-impl Resolver {
-    /// The resolver's pods as a peer selector of the export.
-    fn selector(&self) -> EndpointSelector {
-        let mut match_labels = self.labels.clone();
-        match_labels.insert(POD_NAMESPACE.into(), self.namespace.clone());
-        EndpointSelector {
-            match_labels,
-            match_expressions: Vec::new(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        format!("{}, {}", self.namespace, labels.join(","))
-    }
+fn describe_resolver(resolver: &Resolver) -> String {
+    let labels: Vec<String> = resolver
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{}, {}", resolver.namespace, labels.join(","))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -838,7 +819,7 @@ impl Converter<'_> {
     /// Make DNS to the resolver pass Cilium's DNS proxy (see the module docs); returns the
     /// policy's description saying so.
     fn dns_through_proxy(&self, rules: &mut Vec<EgressRule>, origin: &mut Vec<String>) -> String {
-        let resolver = self.options.resolver.selector();
+        let resolver = resolver_selector(&self.options.resolver);
         let mut proxied = BTreeSet::new();
         let mut reached = BTreeSet::new();
         let mut i = 0;
@@ -893,7 +874,7 @@ impl Converter<'_> {
         } else {
             reached.difference(&proxied).copied().collect()
         };
-        let resolver_text = self.options.resolver.describe();
+        let resolver_text = describe_resolver(&self.options.resolver);
         let mut text = format!(
             "toFQDNs needs Cilium's DNS proxy to see the pods' lookups: DNS egress to the \
              resolver ({resolver_text}) carries a DNS rule allowing every name."

@@ -12,6 +12,24 @@ use crate::Protocol;
 /// The label every namespace carries with its own name (Kubernetes sets it since 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// Where the cluster's pods resolve names: its namespace and the labels of its pods.
+/// Proposals allow DNS egress to it; the Cilium export sends DNS to it through the proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolver {
+    pub namespace: String,
+    pub labels: Labels,
+}
+
+impl Default for Resolver {
+    /// CoreDNS as most distributions deploy it.
+    fn default() -> Self {
+        Self {
+            namespace: "kube-system".into(),
+            labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     /// Namespace name -> its labels.
