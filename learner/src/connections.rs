@@ -88,17 +88,8 @@ fn backends(
     protocol: Protocol,
     port: Option<u16>,
 ) -> Vec<(Endpoint, Option<u16>)> {
-    let Some(service) = cluster
-        .services
-        .iter()
-        .find(|s| format!("{}/{}", s.namespace, s.name) == name)
-    else {
-        return Vec::new();
-    };
-    let Some(service_port) = service
-        .ports
-        .iter()
-        .find(|p| Some(p.port) == port && p.protocol == protocol)
+    let Some((service, service_port)) =
+        port.and_then(|port| cluster.service_port(name, protocol, port).ok())
     else {
         return Vec::new();
     };

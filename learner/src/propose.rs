@@ -353,47 +353,24 @@ impl<'a> Proposer<'a> {
         port: u16,
     ) -> Vec<(NetworkPolicyPeer, PortKey)> {
         let name = self.baseline.names.get(service);
-        let found = name.split_once('/').and_then(|(ns, n)| {
-            self.cluster
-                .services
-                .iter()
-                .find(|s| s.namespace == ns && s.name == n)
-        });
         let mut why = None;
         let mut peers = Vec::new();
-        match found {
-            None => why = Some(format!("Service {name} is not in the cluster")),
-            Some(svc) => {
-                let target = svc
-                    .ports
-                    .iter()
-                    .find(|p| p.port == port && p.protocol == key.protocol)
-                    .map(|p| p.target_port.clone());
+        match self.cluster.service_port(name, key.protocol, port) {
+            Err(e) => why = Some(e),
+            Ok((svc, service_port)) => {
                 let backends: BTreeSet<WorkloadRef> =
                     svc.backends(self.cluster).map(workload_of).collect();
-                match target {
-                    None => {
-                        why = Some(format!(
-                            "Service {name} has no {} port {port}",
-                            key.protocol
-                        ))
-                    }
-                    Some(_) if backends.is_empty() => {
-                        why = Some(format!("Service {name} has no backends"));
-                    }
-                    Some(target) => {
-                        let target = match target {
-                            TargetPort::Number(n) => PortRef::Number(n),
-                            TargetPort::Name(s) => PortRef::Name(s),
-                        };
-                        for backend in backends {
-                            match self.workload_peer(workload, &backend) {
-                                Ok(p) => {
-                                    peers.push((p, (key.protocol.to_string(), target.clone())))
-                                }
-                                Err(e) => why = Some(e.to_string()),
-                            }
-                        }
+                if backends.is_empty() {
+                    why = Some(format!("Service {name} has no backends"));
+                }
+                let target = match &service_port.target_port {
+                    TargetPort::Number(n) => PortRef::Number(*n),
+                    TargetPort::Name(s) => PortRef::Name(s.clone()),
+                };
+                for backend in backends {
+                    match self.workload_peer(workload, &backend) {
+                        Ok(p) => peers.push((p, (key.protocol.to_string(), target.clone()))),
+                        Err(e) => why = Some(e.to_string()),
                     }
                 }
             }
@@ -538,14 +515,12 @@ fn peer_key(peer: &NetworkPolicyPeer) -> String {
 
 /// A pod's workload; a bare pod is its own (`namespace/Pod/name`).
 fn workload_of(pod: &Pod) -> WorkloadRef {
-    pod.workload
-        .as_deref()
-        .and_then(WorkloadRef::parse)
-        .unwrap_or_else(|| WorkloadRef {
-            namespace: pod.namespace.clone(),
-            kind: "Pod".into(),
-            name: pod.name.clone(),
-        })
+    let name = pod.workload_name();
+    WorkloadRef::parse(&name).unwrap_or_else(|| WorkloadRef {
+        namespace: pod.namespace.clone(),
+        kind: "Pod".into(),
+        name: pod.name.clone(),
+    })
 }
 
 fn namespace_selector(namespace: &str) -> LabelSelector {

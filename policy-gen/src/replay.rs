@@ -176,10 +176,7 @@ pub fn replay(
     // One pod per workload stands for it; a bare pod is its own (`namespace/Pod/name`).
     let mut representatives: HashMap<String, &Pod> = HashMap::new();
     for pod in &cluster.pods {
-        let workload = pod
-            .workload
-            .clone()
-            .unwrap_or_else(|| format!("{}/Pod/{}", pod.namespace, pod.name));
+        let workload = pod.workload_name();
         representatives.entry(workload).or_insert(pod);
     }
     let address = |e: &Endpoint| -> Result<IpAddr, String> {

@@ -132,6 +132,32 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The Service `namespace/name` and its `protocol` port `port`; what is missing, said
+    /// as a sentence, when either is not there.
+    pub fn service_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<(&ClusterService, &ClusterServicePort), String> {
+        let service = name
+            .split_once('/')
+            .and_then(|(ns, n)| {
+                self.services
+                    .iter()
+                    .find(|s| s.namespace == ns && s.name == n)
+            })
+            .ok_or_else(|| format!("Service {name} is not in the cluster"))?;
+        let service_port = service
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+            .ok_or_else(|| format!("Service {name} has no {protocol} port {port}"))?;
+        Ok((service, service_port))
+    }
+}
+
 impl ClusterService {
     /// The pods the Service sends connections to.
     pub fn backends<'a>(&'a self, cluster: &'a Cluster) -> impl Iterator<Item = &'a Pod> {
@@ -147,6 +173,13 @@ impl ClusterService {
 }
 
 impl Pod {
+    /// Its workload, `namespace/Kind/name`; a bare pod is its own, `namespace/Pod/name`.
+    pub fn workload_name(&self) -> String {
+        self.workload
+            .clone()
+            .unwrap_or_else(|| format!("{}/Pod/{}", self.namespace, self.name))
+    }
+
     /// What a named port means on this pod: the container port with that name.
     pub fn named_port(&self, name: &str) -> Option<(Protocol, u16)> {
         self.ports
