@@ -28,7 +28,7 @@ use crate::{
 const FINGERPRINT_BYTES: usize = 64;
 
 /// Errors kept in a report; more are only counted.
-const ERRORS_KEPT: usize = 5;
+pub(crate) const ERRORS_KEPT: usize = 5;
 
 #[derive(Clone, Debug)]
 pub struct Options {

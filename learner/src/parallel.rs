@@ -15,6 +15,7 @@ use model::wire::{FlowReader, Format, ReadError};
 
 use crate::{
     baseline::{Baseline, Batch},
+    ingest::ERRORS_KEPT,
     observation::{BadRecord, Observation},
     record_view::RecordView,
 };
@@ -83,8 +84,6 @@ pub fn read_file(path: &Path, threads: usize) -> Result<FileBaseline, Error> {
     })
 }
 
-const ERRORS_KEPT: usize = 5;
-
 /// Cut the input into chunks of whole records: `[u32 length, little endian][message]...`.
 fn cut_chunks<R: std::io::BufRead>(
     reader: &mut FlowReader<R>,
@@ -136,12 +135,7 @@ fn aggregate(receive: &Mutex<mpsc::Receiver<Vec<u8>>>, name: &str) -> FileBaseli
                 .and_then(|()| view.observation().map_err(|e: BadRecord| e.to_string()));
             match read {
                 Ok(obs) => batch.observe(&obs),
-                Err(e) => {
-                    out.bad += 1;
-                    if out.errors.len() < ERRORS_KEPT {
-                        out.errors.push(format!("{name}: {e}"));
-                    }
-                }
+                Err(e) => out.note(format!("{name}: {e}")),
             }
             if out.records.is_multiple_of(BATCH_RECORDS) {
                 out.baseline.merge_batch(&batch);
