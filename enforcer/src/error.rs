@@ -103,6 +103,24 @@ pub enum Error {
     #[error("attaching needs TCX (Linux >= 6.6); this kernel is {kernel}")]
     TcxUnsupported { kernel: String },
 
+    #[error("the Kubernetes API server")]
+    Kubernetes(#[source] Box<k8s::error::Error>),
+
+    #[error("the node's links and routes (netlink)")]
+    Netlink(#[source] Box<crate::endpoints::Error>),
+
+    #[error("the metrics and health endpoint")]
+    Http(#[source] Box<crate::http::HttpError>),
+
+    #[error("the learner's store")]
+    Learner(#[source] Box<learner::store::Error>),
+
+    #[error("the flow collector (gRPC)")]
+    Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    #[error("the netlink watch of the node's links ended")]
+    NetlinkWatchEnded,
+
     #[error("{path}")]
     Io {
         path: PathBuf,

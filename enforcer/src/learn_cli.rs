@@ -2,12 +2,14 @@
 
 use std::{
     io::IsTerminal as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use enforcer::learner_service::{self, LearnerServiceConfig};
 use learner::{
     baseline::Baseline,
     ingest::{self, Progress},
@@ -59,18 +61,36 @@ pub enum LearnCommand {
         /// Only what was seen in this last period (e.g. 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
-        /// The cluster's DNS resolver, as NAMESPACE/KEY=VALUE[,KEY=VALUE].
-        #[arg(long, default_value = "kube-system/k8s-app=kube-dns", value_parser = parse_resolver)]
-        resolver: Resolver,
-        /// External addresses inside this range become the range: NAME=CIDR (repeatable).
-        #[arg(long = "cidr-group")]
-        cidr_groups: Vec<CidrGroup>,
-        /// Distinct addresses under one DNS name before they widen to their common prefix.
-        #[arg(long, default_value_t = Widening::default().dns_min_addresses)]
-        dns_min_addresses: usize,
-        /// Leave out rules whose confidence is below this (0-1).
-        #[arg(long, default_value_t = 0.0)]
-        min_confidence: f64,
+        #[command(flatten)]
+        options: ProposeArgs,
+    },
+    /// The learner as a service: agents stream flow records to it over gRPC
+    /// (`palisade agent --learner-url`); it counts them into the store and proposes on a
+    /// period, as files and (with --kubernetes) as WorkloadBaseline resources.
+    Serve {
+        #[arg(long, env = "PALISADE_LEARN_STORE")]
+        store: PathBuf,
+        /// Where agents connect.
+        #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:50051")]
+        listen: SocketAddr,
+        /// Where proposals are written (networkpolicies/<namespace>/<name>.yaml, NOTES.md).
+        #[arg(long, env = "PALISADE_PROPOSAL_DIR")]
+        proposal_dir: PathBuf,
+        /// How often to propose.
+        #[arg(long, env = "PALISADE_PROPOSE_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
+        propose_every: Duration,
+        /// Read the cluster from the Kubernetes API server and publish a WorkloadBaseline
+        /// per workload.
+        #[arg(long, env = "PALISADE_KUBERNETES")]
+        kubernetes: bool,
+        /// Serve /metrics, /healthz and /readyz on this address.
+        #[arg(long, env = "PALISADE_HTTP")]
+        http: Option<SocketAddr>,
+        /// The baseline is stable once no new rule appeared for this long.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        stable_after: Duration,
+        #[command(flatten)]
+        options: ProposeArgs,
     },
     /// Merge old hourly buckets into days and delete what is older than the retention.
     Compact {
@@ -84,6 +104,37 @@ pub enum LearnCommand {
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         sources_for: Duration,
     },
+}
+
+/// How proposals are made.
+#[derive(Args)]
+pub struct ProposeArgs {
+    /// The cluster's DNS resolver, as NAMESPACE/KEY=VALUE[,KEY=VALUE].
+    #[arg(long, default_value = "kube-system/k8s-app=kube-dns", value_parser = parse_resolver)]
+    resolver: Resolver,
+    /// External addresses inside this range become the range: NAME=CIDR (repeatable).
+    #[arg(long = "cidr-group")]
+    cidr_groups: Vec<CidrGroup>,
+    /// Distinct addresses under one DNS name before they widen to their common prefix.
+    #[arg(long, default_value_t = Widening::default().dns_min_addresses)]
+    dns_min_addresses: usize,
+    /// Leave out rules whose confidence is below this (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    min_confidence: f64,
+}
+
+impl ProposeArgs {
+    fn options(self) -> Options {
+        Options {
+            resolver: self.resolver,
+            widening: Widening {
+                groups: self.cidr_groups,
+                dns_min_addresses: self.dns_min_addresses,
+                ..Widening::default()
+            },
+            min_confidence: self.min_confidence,
+        }
+    }
 }
 
 pub fn run(command: LearnCommand) -> Result<()> {
@@ -108,21 +159,35 @@ pub fn run(command: LearnCommand) -> Result<()> {
             cluster,
             out,
             since,
-            resolver,
-            cidr_groups,
-            dns_min_addresses,
-            min_confidence,
+            options,
+        } => propose(&open(&store)?, &cluster, &out, since, &options.options()),
+        LearnCommand::Serve {
+            store,
+            listen,
+            proposal_dir,
+            propose_every,
+            kubernetes,
+            http,
+            stable_after,
+            options,
         } => {
-            let options = Options {
-                resolver,
-                widening: Widening {
-                    groups: cidr_groups,
-                    dns_min_addresses,
-                    ..Widening::default()
-                },
-                min_confidence,
+            let config = LearnerServiceConfig {
+                listen,
+                http,
+                store,
+                proposal_dir,
+                propose_every,
+                kubernetes,
+                stable_after,
+                options: options.options(),
             };
-            propose(&open(&store)?, &cluster, &out, since, &options)
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(learner_service::serve(config, crate::shutdown_signal()))?;
+            Ok(())
         }
         LearnCommand::Compact {
             store,

@@ -20,10 +20,16 @@
 //! - [`error`]: the library's error type.
 pub mod agent;
 pub mod args;
+pub mod cni;
 pub mod datapath;
 pub mod dns;
+pub mod endpoints;
 pub mod error;
+pub mod http;
+pub mod kubernetes;
 pub mod lab;
+pub mod learner_service;
+pub mod metrics;
 pub mod names;
 pub mod netns;
 pub mod paths;

@@ -20,11 +20,12 @@ use enforcer::{
         tables::Endpoints,
         writer::PinnedWriter,
     },
+    kubernetes::{self, KubeAgentConfig},
     lab,
     names::Names,
     netns, paths,
     policy_file::NodePolicy,
-    policy_source::{NetworkPolicyConfig, SourceConfig},
+    policy_source::{CompileConfig, NetworkPolicyConfig, SourceConfig},
 };
 use flows_cli::FlowsArgs;
 use ipnet::IpNet;
@@ -44,8 +45,42 @@ mod policy_cli;
     about = "Learn, review and enforce pod network policy in the kernel"
 )]
 struct Cli {
+    /// Log lines as text (for people) or JSON objects (for log collectors).
+    #[arg(long, global = true, env = "PALISADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The agent on a Kubernetes node (a DaemonSet; see deploy/).
+#[derive(Args)]
+struct KubeArgs {
+    /// Take pods, namespaces, nodes, Services, NetworkPolicies and modes from the
+    /// Kubernetes API server (in-cluster service account, else KUBECONFIG) and protect this
+    /// node's pods (--node-name); --mode is the default mode of pods whose pod and namespace
+    /// carry no `palisade.io/mode`.
+    #[arg(long, env = "PALISADE_KUBERNETES", conflicts_with_all = ["policy", "policy_dir", "interfaces", "names"])]
+    kubernetes: bool,
+    /// Answer the palisade-cni plugin on this socket: a pod's sandbox is ready only once its
+    /// endpoint is programmed.
+    #[arg(long, env = "PALISADE_CNI_SOCKET", requires = "kubernetes")]
+    cni_socket: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address.
+    #[arg(long, env = "PALISADE_HTTP", requires = "kubernetes")]
+    http: Option<SocketAddr>,
+    /// Stream aggregated flow records to the learner at this gRPC address
+    /// (http://HOST:PORT).
+    #[arg(long, env = "PALISADE_LEARNER_URL", requires = "kubernetes")]
+    learner_url: Option<String>,
+    /// Report denied connections as Kubernetes Events on their pod (rate-limited).
+    #[arg(long, env = "PALISADE_DENY_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    deny_events: bool,
 }
 
 /// Where the datapath lives: the node's network namespace and the bpffs pin folder.
@@ -130,6 +165,8 @@ enum Command {
         /// each, preallocated). Fixed while the datapath stays pinned.
         #[arg(long, env = "PALISADE_CONNTRACK_MAX", default_value_t = enforcer_common::maps::CONNTRACK_MAX)]
         conntrack_max: u32,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Attach the datapath to one more pod interface (the agent must have installed it).
     Attach {
@@ -202,6 +239,7 @@ enum Command {
     Flows(FlowsArgs),
     /// Learn what workloads talk to: flow records -> a baseline with evidence -> proposed
     /// NetworkPolicies.
+    #[command(visible_alias = "learner")]
     Learn {
         #[command(subcommand)]
         command: LearnCommand,
@@ -254,13 +292,15 @@ fn main() -> Result<()> {
         Command::Lab { .. } => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match cli.command {
         Command::Lab { name, command } => lab::cli::run(&name, command),
         Command::Learn { command } => learn_cli::run(command),
@@ -281,16 +321,36 @@ fn main() -> Result<()> {
             default,
             identities,
             conntrack_max,
+            kube,
         } => {
+            if kube.kubernetes {
+                let config = KubeAgentConfig {
+                    pins: enter(&node)?,
+                    node: node_name,
+                    default_mode: mode.into(),
+                    default_action: default.into(),
+                    identities,
+                    cni_socket: kube.cni_socket,
+                    http: kube.http,
+                    learner: kube.learner_url,
+                    deny_events: kube.deny_events,
+                    output: output.map(|path| (path, output_format.into())),
+                    stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
+                    sizing: datapath::Sizing { conntrack_max },
+                };
+                return run_kube_agent(config);
+            }
             let policy = match (policy, policy_dir) {
                 (Some(file), _) => Some(SourceConfig::NodeFile(file)),
                 (None, Some(dir)) => Some(SourceConfig::NetworkPolicies(NetworkPolicyConfig {
                     dir,
                     cluster: cluster.context("--policy-dir needs --cluster")?,
                     names: names.clone().context("--policy-dir needs --names")?,
-                    node: node_name,
-                    default: default.into(),
-                    identities,
+                    compile: CompileConfig {
+                        node: node_name,
+                        default: default.into(),
+                        identities,
+                    },
                 })),
                 (None, None) => None,
             };
@@ -438,19 +498,28 @@ fn run_agent(config: AgentConfig, output: Option<PathBuf>, format: Format) -> Re
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        agent::run(config, out, shutdown).await
-    })?;
+    runtime.block_on(agent::run(config, out, shutdown_signal()))?;
     Ok(())
+}
+
+fn run_kube_agent(config: KubeAgentConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(kubernetes::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Refuse to append records in `format` to a file that holds records in the other format:

@@ -2,12 +2,13 @@
 //! change. Input that does not load, resolve or compile is reported with what is wrong and
 //! where, and changes nothing: the last good policy stays enforced.
 //!
-//! Two kinds of source:
+//! Three kinds of source:
 //! - a compiled node policy file ([`NodePolicy`]);
 //! - a folder of Kubernetes NetworkPolicy files and a cluster file (namespaces, pods,
 //!   nodes; `model::netpol::cluster::Cluster` as JSON) that its owner keeps current (the
-//!   lab; the API server in Kubernetes). They are compiled for this node's pods, whose
-//!   interfaces the names file gives.
+//!   lab). They are compiled for this node's pods, whose interfaces the names file gives;
+//! - the same inputs handed over in memory ([`ClusterInputs`], [`PolicySource::set_inputs`]):
+//!   the Kubernetes agent's mirror of the API server and the endpoints it found.
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +48,29 @@ pub enum SourceConfig {
     NodeFile(PathBuf),
     /// NetworkPolicy files and the cluster they apply to.
     NetworkPolicies(NetworkPolicyConfig),
+    /// NetworkPolicies and the cluster handed over in memory by the agent's owner.
+    Pushed(CompileConfig),
+}
+
+/// How NetworkPolicies are compiled for this node, wherever they come from.
+#[derive(Clone, Debug)]
+pub struct CompileConfig {
+    /// This node's name in the cluster.
+    pub node: String,
+    /// For pods no policy selects, unless their namespace's [`DEFAULT_LABEL`] says.
+    pub default: DefaultAction,
+    /// Where identities are kept across restarts (None: in memory only).
+    pub identities: Option<PathBuf>,
+}
+
+/// What a pushed source compiles: the policies, the cluster, and this node's pods by the
+/// ifindex of their interface.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterInputs {
+    pub policies: Vec<Policy>,
+    pub cluster: Cluster,
+    /// `namespace/pod` -> ifindex of its host-side interface.
+    pub interfaces: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,12 +81,7 @@ pub struct NetworkPolicyConfig {
     pub cluster: PathBuf,
     /// The names file: which interface is which pod.
     pub names: PathBuf,
-    /// This node's name in the cluster file.
-    pub node: String,
-    /// For pods no policy selects, unless their namespace's [`DEFAULT_LABEL`] says.
-    pub default: DefaultAction,
-    /// Where identities are kept across restarts (None: in memory only).
-    pub identities: Option<PathBuf>,
+    pub compile: CompileConfig,
 }
 
 pub struct PolicySource {
@@ -76,9 +95,16 @@ enum Kind {
     NetworkPolicies(Box<NetworkPolicyState>),
 }
 
+/// Where a NetworkPolicy source's inputs come from.
+enum Inputs {
+    Files(NetworkPolicyConfig),
+    Pushed(ClusterInputs),
+}
+
 /// What a NetworkPolicy source keeps between reloads.
 struct NetworkPolicyState {
-    config: NetworkPolicyConfig,
+    config: CompileConfig,
+    inputs: Inputs,
     compiler: Compiler,
     /// Rule id -> `namespace/policy direction[index]`, of the last good compilation.
     rules: BTreeMap<u32, String>,
@@ -97,24 +123,18 @@ impl PolicySource {
                 (Kind::NodeFile(path), vec![watch])
             }
             SourceConfig::NetworkPolicies(config) => {
-                let identities = match &config.identities {
-                    Some(path) => model::identity::IdentityAllocator::load(path)
-                        .map_err(|e| Error::Policy(e.to_string()))?,
-                    None => Default::default(),
-                };
                 let watches = vec![
                     FileWatch::dir(&config.dir)?,
                     FileWatch::new(&config.cluster)?,
                     FileWatch::new(&config.names)?,
                 ];
-                let kind = Kind::NetworkPolicies(Box::new(NetworkPolicyState {
-                    config,
-                    compiler: Compiler::new(identities),
-                    rules: BTreeMap::new(),
-                    last: None,
-                }));
-                (kind, watches)
+                let compile = config.compile.clone();
+                (network_policies(compile, Inputs::Files(config))?, watches)
             }
+            SourceConfig::Pushed(compile) => (
+                network_policies(compile, Inputs::Pushed(ClusterInputs::default()))?,
+                Vec::new(),
+            ),
         };
         Ok(Self {
             writer,
@@ -123,8 +143,23 @@ impl PolicySource {
         })
     }
 
-    /// Resolve when one of the source's files changed.
+    /// Replace what a pushed source compiles; [`PolicySource::reload`] enforces it. A
+    /// source that reads files ignores this (and says so).
+    pub fn set_inputs(&mut self, inputs: ClusterInputs) {
+        match &mut self.kind {
+            Kind::NetworkPolicies(state) => match &mut state.inputs {
+                Inputs::Pushed(current) => *current = inputs,
+                Inputs::Files(_) => warn!("policy inputs pushed to a source that reads files"),
+            },
+            Kind::NodeFile(_) => warn!("policy inputs pushed to a node policy file source"),
+        }
+    }
+
+    /// Resolve when one of the source's files changed; never for a pushed source.
     pub async fn changed(&mut self) -> Result<()> {
+        if self.watches.is_empty() {
+            return std::future::pending().await;
+        }
         let mut waits: Vec<_> = self
             .watches
             .iter_mut()
@@ -161,9 +196,22 @@ impl PolicySource {
                     compiled: None,
                     inputs: None,
                 }),
-            Kind::NetworkPolicies(state) => {
-                prepare_network_policies(&state.config, &mut state.compiler, state.last.as_ref())
-            }
+            Kind::NetworkPolicies(state) => match &state.inputs {
+                Inputs::Files(files) => read_inputs(files).and_then(|inputs| {
+                    prepare(
+                        &state.config,
+                        &mut state.compiler,
+                        &inputs,
+                        state.last.as_ref(),
+                    )
+                }),
+                Inputs::Pushed(inputs) => prepare(
+                    &state.config,
+                    &mut state.compiler,
+                    inputs,
+                    state.last.as_ref(),
+                ),
+            },
         };
         let Prepared {
             steps,
@@ -244,15 +292,25 @@ struct Prepared {
     inputs: Option<(Vec<Policy>, Cluster)>,
 }
 
-/// Load, check and compile the NetworkPolicies for this node's pods. When both the
-/// policies and the cluster changed since `last`, the labels move first, under the old
-/// policies, and the policies change after: a connection is never judged by a mix of an
-/// old identity's old rules and a new identity's new ones (see the writer's docs).
-fn prepare_network_policies(
-    config: &NetworkPolicyConfig,
-    compiler: &mut Compiler,
-    last: Option<&(Vec<Policy>, Cluster)>,
-) -> Result<Prepared> {
+/// A NetworkPolicy source's state before its first reload.
+fn network_policies(config: CompileConfig, inputs: Inputs) -> Result<Kind> {
+    let identities = match &config.identities {
+        Some(path) => model::identity::IdentityAllocator::load(path)
+            .map_err(|e| Error::Policy(e.to_string()))?,
+        None => Default::default(),
+    };
+    Ok(Kind::NetworkPolicies(Box::new(NetworkPolicyState {
+        config,
+        inputs,
+        compiler: Compiler::new(identities),
+        rules: BTreeMap::new(),
+        last: None,
+    })))
+}
+
+/// Load and check the policy files, the cluster file and the names file; this node's pods
+/// by the ifindex of the interface the names file gives them.
+fn read_inputs(config: &NetworkPolicyConfig) -> Result<ClusterInputs> {
     let started = Instant::now();
     let loaded = load::load_dir(&config.dir).map_err(|e| Error::Policy(e.to_string()))?;
     let policies = loaded
@@ -269,19 +327,55 @@ fn prepare_network_policies(
         .collect::<Result<Vec<_>>>()?;
     let cluster = load_cluster(&config.cluster)?;
     let names = Names::load(&config.names)?;
-    let loaded_at = started.elapsed();
+    let mut interfaces = BTreeMap::new();
+    for (iface, pod) in &names.interfaces {
+        // A pod without an interface here (not attached yet, or gone) gets its rules when
+        // it has one.
+        match ifindex_of(iface) {
+            Ok(ifindex) => {
+                interfaces.insert(pod.clone(), ifindex);
+            }
+            Err(e) => warn!(pod, error = %e, "pod interface not found; its rules wait"),
+        }
+    }
+    tracing::debug!(
+        read_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "policy inputs read"
+    );
+    Ok(ClusterInputs {
+        policies,
+        cluster,
+        interfaces,
+    })
+}
+
+/// Check and compile the NetworkPolicies for this node's pods. When both the policies and
+/// the cluster changed since `last`, the labels move first, under the old policies, and the
+/// policies change after: a connection is never judged by a mix of an old identity's old
+/// rules and a new identity's new ones (see the writer's docs).
+fn prepare(
+    config: &CompileConfig,
+    compiler: &mut Compiler,
+    inputs: &ClusterInputs,
+    last: Option<&(Vec<Policy>, Cluster)>,
+) -> Result<Prepared> {
+    let started = Instant::now();
+    let ClusterInputs {
+        policies,
+        cluster,
+        interfaces,
+    } = inputs;
     let mut steps = Vec::new();
     if let Some((old_policies, old_cluster)) = last
-        && *old_policies != policies
-        && *old_cluster != cluster
+        && old_policies != policies
+        && old_cluster != cluster
     {
-        steps.push(desired_for(config, compiler, old_policies, &cluster, &names)?.0);
+        steps.push(desired_for(config, compiler, old_policies, cluster, interfaces)?.0);
     }
-    let (desired, compiled) = desired_for(config, compiler, &policies, &cluster, &names)?;
+    let (desired, compiled) = desired_for(config, compiler, policies, cluster, interfaces)?;
     steps.push(desired);
     tracing::debug!(
-        read_ms = loaded_at.as_secs_f64() * 1000.0,
-        compile_ms = (started.elapsed() - loaded_at).as_secs_f64() * 1000.0,
+        compile_ms = started.elapsed().as_secs_f64() * 1000.0,
         pods = cluster.pods.len(),
         policies = policies.len(),
         steps = steps.len(),
@@ -290,17 +384,17 @@ fn prepare_network_policies(
     Ok(Prepared {
         steps,
         compiled: Some(compiled),
-        inputs: Some((policies, cluster)),
+        inputs: Some((policies.clone(), cluster.clone())),
     })
 }
 
 /// `policies` compiled over `cluster` for this node's pods, by interface.
 fn desired_for(
-    config: &NetworkPolicyConfig,
+    config: &CompileConfig,
     compiler: &mut Compiler,
     policies: &[Policy],
     cluster: &Cluster,
-    names: &Names,
+    interfaces: &BTreeMap<String, u32>,
 ) -> Result<(Desired, Compiled)> {
     let default = |pod: &Pod| pod_default(cluster, pod, config.default);
     let compiled = compiler
@@ -311,11 +405,6 @@ fn desired_for(
             default: &default,
         })
         .map_err(|e| Error::Policy(e.to_string()))?;
-    let interfaces: BTreeMap<&str, &str> = names
-        .interfaces
-        .iter()
-        .map(|(iface, pod)| (pod.as_str(), iface.as_str()))
-        .collect();
     let mut desired = Desired {
         ipcache: compiled.ipcache.clone(),
         cidrs: compiled.cidrs.clone(),
@@ -323,17 +412,9 @@ fn desired_for(
         ..Desired::default()
     };
     for ((namespace, name), rules) in &compiled.endpoints {
-        let pod = format!("{namespace}/{name}");
-        // A pod without an interface here (not attached yet, or gone) gets its rules when
-        // it has one.
-        let Some(iface) = interfaces.get(pod.as_str()) else {
-            continue;
-        };
-        match ifindex_of(iface) {
-            Ok(ifindex) => {
-                desired.endpoints.insert(ifindex, rules.clone());
-            }
-            Err(e) => warn!(pod, error = %e, "pod interface not found; its rules wait"),
+        // A pod without an interface here gets its rules when it has one.
+        if let Some(&ifindex) = interfaces.get(&format!("{namespace}/{name}")) {
+            desired.endpoints.insert(ifindex, rules.clone());
         }
     }
     Ok((desired, compiled))
@@ -378,10 +459,20 @@ mod tests {
             dir: dir.join("policies"),
             cluster: dir.join("cluster.json"),
             names: dir.join("names.json"),
-            node: "n".into(),
-            default: DefaultAction::Allow,
-            identities: None,
+            compile: CompileConfig {
+                node: "n".into(),
+                default: DefaultAction::Allow,
+                identities: None,
+            },
         }
+    }
+
+    fn prepare_files(
+        config: &NetworkPolicyConfig,
+        compiler: &mut Compiler,
+        last: Option<&(Vec<Policy>, Cluster)>,
+    ) -> Result<Prepared> {
+        prepare(&config.compile, compiler, &read_inputs(config)?, last)
     }
 
     fn write_cluster(config: &NetworkPolicyConfig, role: &str) -> Cluster {
@@ -400,14 +491,14 @@ mod tests {
         let config = config(dir.path());
         let mut compiler = Compiler::default();
         let before = write_cluster(&config, "a");
-        let first = prepare_network_policies(&config, &mut compiler, None).unwrap();
+        let first = prepare_files(&config, &mut compiler, None).unwrap();
         assert_eq!(first.steps.len(), 1);
         let last = first.inputs.unwrap();
         assert_eq!(last.1, before);
 
         // Only the cluster changed: one step.
         write_cluster(&config, "b");
-        let labels_only = prepare_network_policies(&config, &mut compiler, Some(&last)).unwrap();
+        let labels_only = prepare_files(&config, &mut compiler, Some(&last)).unwrap();
         assert_eq!(labels_only.steps.len(), 1);
 
         // Both changed: the old policies over the new cluster first, then the new ones.
@@ -416,7 +507,7 @@ mod tests {
             POLICY.replace("role: a", "role: b"),
         )
         .unwrap();
-        let both = prepare_network_policies(&config, &mut compiler, Some(&last)).unwrap();
+        let both = prepare_files(&config, &mut compiler, Some(&last)).unwrap();
         assert_eq!(both.steps.len(), 2);
         // The address of c moved to its new identity in both steps.
         let c: std::net::IpAddr = "10.244.0.9".parse().unwrap();

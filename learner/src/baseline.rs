@@ -132,6 +132,13 @@ pub type Batch = Rules<(RuleKey, Hour)>;
 impl<K: Keyed> Rules<K> {
     /// Count one flow record in.
     pub fn observe(&mut self, obs: &Observation<'_>) {
+        self.observe_aggregate(obs, 1);
+    }
+
+    /// Count in a record that stands for `connections` connections (an agent aggregates
+    /// a window's records of one rule before streaming them; see the `flow-stream` crate).
+    /// For a `closed` record only its bytes count.
+    pub fn observe_aggregate(&mut self, obs: &Observation<'_>, connections: u64) {
         if !matches!(obs.kind, FlowKind::New | FlowKind::Closed) {
             return;
         }
@@ -143,7 +150,7 @@ impl<K: Keyed> Rules<K> {
         if obs.kind == FlowKind::New {
             let client = obs.client().pod.map(|p| self.names.intern(p));
             let evidence = self.rules.entry(key).or_default();
-            evidence.count_connection(obs.time_ms, client);
+            evidence.count_connections(connections, obs.time_ms, client);
         } else {
             self.rules.entry(key).or_default().bytes += obs.bytes.unwrap_or(0);
         }
@@ -418,6 +425,23 @@ mod tests {
         assert_eq!(pods(&b, e), ["shop/frontend-a", "shop/frontend-b"]);
         assert_eq!((e.first_seen_ms, e.last_seen_ms), (T0 - 86_400_000, T0));
         assert_eq!(e.days.count(), 2);
+    }
+
+    #[test]
+    fn an_aggregate_counts_as_its_connections_and_a_closed_one_as_its_bytes() {
+        let mut one_by_one = Baseline::default();
+        for port in 0..5 {
+            one_by_one.observe(&egress(T0, "shop/frontend-a", 40000 + port));
+        }
+        let mut aggregated = Baseline::default();
+        aggregated.observe_aggregate(&egress(T0, "shop/frontend-a", 0), 5);
+        let mut closed = egress(T0, "shop/frontend-a", 0);
+        closed.kind = FlowKind::Closed;
+        closed.bytes = Some(700);
+        aggregated.observe_aggregate(&closed, 3);
+        let (_, e) = aggregated.sorted()[0];
+        assert_eq!((e.connections, e.bytes), (5, 700));
+        assert_eq!(e.connections, one_by_one.sorted()[0].1.connections);
     }
 
     #[test]

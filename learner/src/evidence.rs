@@ -45,7 +45,12 @@ impl Evidence {
 
     /// A connection opened at `time_ms` by `client` (when known).
     pub fn count_connection(&mut self, time_ms: i64, client: Option<Name>) {
-        self.connections += 1;
+        self.count_connections(1, time_ms, client);
+    }
+
+    /// `n` connections (an agent's aggregate), the last opened at `time_ms`.
+    pub fn count_connections(&mut self, n: u64, time_ms: i64, client: Option<Name>) {
+        self.connections += n;
         self.seen_at(time_ms);
         if let Some(pod) = client {
             self.source_pods.insert(pod);

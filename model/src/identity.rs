@@ -68,6 +68,8 @@ impl fmt::Display for Identity {
 /// of one workload differ in them, so they never enter an identity (or a rule).
 pub const NOISE_LABELS: &[&str] = &[
     "pod-template-hash",
+    // Palisade's own mode label: changing a pod's mode must not change who it is.
+    "palisade.io/mode",
     "controller-revision-hash",
     "pod-template-generation",
     "statefulset.kubernetes.io/pod-name",
