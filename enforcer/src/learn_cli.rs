@@ -81,8 +81,12 @@ pub enum LearnCommand {
         propose_every: Duration,
         /// Read the cluster from the Kubernetes API server and publish a WorkloadBaseline
         /// per workload.
-        #[arg(long, env = "PALISADE_KUBERNETES")]
+        #[arg(long, env = "PALISADE_KUBERNETES", conflicts_with = "cluster")]
         kubernetes: bool,
+        /// Without --kubernetes: the cluster file proposals select pods in (read again for
+        /// every proposal).
+        #[arg(long, env = "PALISADE_CLUSTER")]
+        cluster: Option<PathBuf>,
         /// Serve /metrics, /healthz and /readyz on this address.
         #[arg(long, env = "PALISADE_HTTP")]
         http: Option<SocketAddr>,
@@ -167,6 +171,7 @@ pub fn run(command: LearnCommand) -> Result<()> {
             proposal_dir,
             propose_every,
             kubernetes,
+            cluster,
             http,
             stable_after,
             options,
@@ -178,6 +183,7 @@ pub fn run(command: LearnCommand) -> Result<()> {
                 proposal_dir,
                 propose_every,
                 kubernetes,
+                cluster,
                 stable_after,
                 options: options.options(),
             };

@@ -54,6 +54,9 @@ pub struct LearnerServiceConfig {
     pub propose_every: Duration,
     /// Publish `WorkloadBaseline` resources (and read the cluster) through the API server.
     pub kubernetes: bool,
+    /// Otherwise, the cluster the proposals select pods in (JSON, as `palisade learn
+    /// propose --cluster` reads it), read again for every proposal.
+    pub cluster: Option<PathBuf>,
     /// The baseline counts as stable once no new rule appeared for this long.
     pub stable_after: Duration,
     pub options: Options,
@@ -212,11 +215,16 @@ pub async fn serve(
         tokio::select! {
             _ = heartbeat.tick() => health.beat(),
             _ = ticker.tick() => {
-                let cluster = watch
-                    .as_ref()
-                    .map(|w| w.snapshot(&ModeDefaults { mode: Mode::Learn }).cluster)
-                    .unwrap_or_default();
-                if let Err(e) = propose_now(&config, &store, &cluster, client.as_ref()).await {
+                let cluster = match (&watch, &config.cluster) {
+                    (Some(w), _) => Ok(w.snapshot(&ModeDefaults { mode: Mode::Learn }).cluster),
+                    (None, Some(path)) => read_cluster(path),
+                    (None, None) => Ok(Cluster::default()),
+                };
+                let proposed = match cluster {
+                    Ok(cluster) => propose_now(&config, &store, &cluster, client.as_ref()).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = proposed {
                     warn!(error = %crate::error::chain(&e), "no proposal this time");
                 }
             }
@@ -232,6 +240,16 @@ pub async fn serve(
         Ok(Err(e)) => Err(Error::Grpc(Box::new(e))),
         Err(e) => Err(Error::Grpc(Box::new(e))),
     }
+}
+
+fn read_cluster(path: &std::path::Path) -> Result<Cluster> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    serde_json::from_str(&text)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Propose from the whole baseline: files always, custom resources when in a cluster.
@@ -316,6 +334,89 @@ mod tests {
             }],
             ..Batch::default()
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flows_streamed_by_an_agent_become_a_proposal_on_the_learners_period() {
+        let dir = tempfile::tempdir().unwrap();
+        // A free loopback port for the collector.
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = LearnerServiceConfig {
+            listen,
+            http: None,
+            store: dir.path().join("baseline.db"),
+            proposal_dir: dir.path().join("proposal"),
+            propose_every: Duration::from_millis(300),
+            kubernetes: false,
+            cluster: Some(dir.path().join("cluster.json")),
+            stable_after: Duration::from_secs(3600),
+            options: Options::default(),
+        };
+        std::fs::write(
+            dir.path().join("cluster.json"),
+            serde_json::json!({
+                "pods": [
+                    {"namespace": "shop", "name": "web-1", "labels": {"app": "web"}, "node": "n",
+                     "ips": ["10.0.0.1"], "workload": "shop/Deployment/web"},
+                    {"namespace": "shop", "name": "api-1", "labels": {"app": "api"}, "node": "n",
+                     "ips": ["10.0.0.2"], "workload": "shop/Deployment/api"},
+                ],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let learner = tokio::spawn(serve(config, async {
+            let _ = stopped.await;
+        }));
+
+        let stream = flow_stream::StreamConfig {
+            flush_interval: Duration::from_millis(100),
+            ..flow_stream::StreamConfig::default()
+        };
+        let endpoint = format!("http://{listen}").parse().unwrap();
+        let (sender, streamer) = flow_stream::FlowStreamer::spawn(endpoint, "node-a", stream);
+        for port in 0..20 {
+            let mut wire = record(40000 + port, v1::Kind::New as i32);
+            if let Some(local) = wire.local.as_mut() {
+                local.labels = [("app".to_owned(), "web".to_owned())].into();
+            }
+            if let Some(remote) = wire.remote.as_mut() {
+                remote.labels = [("app".to_owned(), "api".to_owned())].into();
+            }
+            sender.offer(FlowRecord::try_from(wire).unwrap());
+        }
+
+        let policy = dir.path().join("proposal/networkpolicies/shop");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let found = std::fs::read_dir(&policy).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .find(|text| text.contains("app: web"))
+            });
+            if let Some(text) = found {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no proposal for the web workload in {} (stream: {:?}; notes: {:?})",
+                policy.display(),
+                streamer.stats(),
+                std::fs::read_to_string(dir.path().join("proposal/NOTES.md")).ok()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // One aggregate of 20 connections, counted as 20.
+        assert!(text.contains("20 connections"), "{text}");
+        assert!(text.contains("port: 80"), "{text}");
+        streamer.close(Duration::from_secs(5)).await.unwrap();
+        stop.send(()).unwrap();
+        learner.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -6,7 +6,16 @@
 //! # Layout
 //! - [`datapath`]: everything that touches aya: the embedded object, install and pins,
 //!   attach/detach, the maps behind small traits, events, uninstall.
-//! - [`agent`]: the long-running agent: install, attach, stream flow records.
+//! - [`agent`]: the long-running agent: install, attach, stream flow records; steered by
+//!   a [`agent::Control`] (none standalone, the API server's in Kubernetes).
+//! - [`kubernetes`]: the agent on a Kubernetes node: the API server's mirror, endpoints and
+//!   the CNI's requests -> what is attached, compiled and enforced; where records go.
+//! - [`endpoints`]: which host interface carries each local pod (rtnetlink), as a watch,
+//!   and the attach/detach plan.
+//! - [`cni`]: the socket the `palisade-cni` plugin asks on.
+//! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`learner_service`]: `palisade learn serve`: the gRPC collector into the store, and
+//!   proposals as files and `WorkloadBaseline` resources.
 //! - [`args`]: command-line argument types shared by the agent's commands and the lab's.
 //! - [`dns`]: external peers named from the DNS answers pods receive.
 //! - [`names`]: interface/address -> pod names, written by whoever creates endpoints.

@@ -1,7 +1,6 @@
 //! Everything Palisade says to and hears from the Kubernetes API server.
 //!
 //! # Layout
-//! (modules are listed as they land)
 //! - `watch`: [`watch::ClusterWatch`], the node agent's mirror of the API server (watchers
 //!   and stores for pods, namespaces, nodes, Services, NetworkPolicies, ReplicaSets and Jobs)
 //!   and its [`watch::Snapshot`]s: the cluster, the policies in force, refused policies, this

@@ -117,8 +117,10 @@ pub struct ClusterWatch {
     owners: OwnerStores,
     policies: Arc<Mutex<PolicyMemory>>,
     changes: watch::Receiver<u64>,
-    /// A change was seen by a [`Self::changed`] that did not return it (it was dropped).
-    pending: bool,
+    /// When the change seen by a [`Self::changed`] that did not return it (it was dropped)
+    /// has settled: a dropped call's settle time keeps running, so a caller that polls
+    /// `changed` in a busy `select!` is not starved by restarting it.
+    pending: Option<tokio::time::Instant>,
     settle: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -160,7 +162,7 @@ impl ClusterWatch {
             owners,
             policies,
             changes,
-            pending: false,
+            pending: None,
             settle: DEFAULT_SETTLE,
             tasks,
         }
@@ -195,7 +197,7 @@ impl ClusterWatch {
         .await?;
         ready(PartialObjectMeta::<Job>::RESOURCE, &self.owners.jobs).await?;
         self.changes.borrow_and_update();
-        self.pending = false;
+        self.pending = None;
         info!(
             pods = self.pods.len(),
             namespaces = self.namespaces.len(),
@@ -214,16 +216,21 @@ impl ClusterWatch {
     /// Cancel-safe (for `select!`): a change seen by a call dropped while settling is
     /// reported by the next call.
     pub async fn changed(&mut self) -> Result<()> {
-        if !self.pending {
-            self.changes
-                .changed()
-                .await
-                .map_err(|_| Error::WatchesEnded)?;
-            self.pending = true;
-        }
-        tokio::time::sleep(self.settle).await;
+        let settled = match self.pending {
+            Some(settled) => settled,
+            None => {
+                self.changes
+                    .changed()
+                    .await
+                    .map_err(|_| Error::WatchesEnded)?;
+                *self
+                    .pending
+                    .insert(tokio::time::Instant::now() + self.settle)
+            }
+        };
+        tokio::time::sleep_until(settled).await;
         self.changes.borrow_and_update();
-        self.pending = false;
+        self.pending = None;
         Ok(())
     }
 

@@ -730,3 +730,28 @@ async fn a_change_seen_by_a_cancelled_changed_call_is_reported_by_the_next() {
         .unwrap();
     assert_eq!(pod_names(&watch.snapshot(&LEARN)), ["api-1"]);
 }
+
+#[tokio::test]
+async fn a_caller_that_keeps_cancelling_changed_is_not_starved() {
+    let (server, client) = ApiServer::start();
+    let mut watch = watching(client).await;
+    watch.set_settle(Duration::from_millis(300));
+    server.apply(
+        PODS,
+        pod("shop", "api-1", "node-a", &["10.244.1.7"], json!({})),
+    );
+    server.delivered(PODS, server.version()).await;
+    // An agent loop whose other arms win every 100 ms: each call is dropped before a
+    // fresh 300 ms settle could end, yet the settle time keeps running across calls.
+    let started = tokio::time::Instant::now();
+    loop {
+        match timeout(Duration::from_millis(100), watch.changed()).await {
+            Ok(result) => break result.unwrap(),
+            Err(_) => assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "starved: the settle time restarted with every call"
+            ),
+        }
+    }
+    assert_eq!(pod_names(&watch.snapshot(&LEARN)), ["api-1"]);
+}

@@ -300,10 +300,22 @@ impl Control for KubeControl {
         // Called once the datapath is installed and pinned.
         self.health.set(Check::Datapath, true);
         info!("waiting for the API server's pods, namespaces, nodes, Services and policies");
-        self.watch
-            .synced()
-            .await
-            .map_err(|e| Error::Kubernetes(Box::new(e)))?;
+        // Until then nothing changes in the maps: what a previous agent pinned stays
+        // enforced. The agent is alive meanwhile, only not ready.
+        let mut still = tokio::time::interval(Duration::from_secs(10));
+        still.tick().await;
+        loop {
+            tokio::select! {
+                synced = self.watch.synced() => {
+                    synced.map_err(|e| Error::Kubernetes(Box::new(e)))?;
+                    break;
+                }
+                _ = still.tick() => {
+                    self.health.beat();
+                    warn!("still waiting for the API server's first lists");
+                }
+            }
+        }
         self.health.set(Check::ClusterSynced, true);
         self.take_snapshot();
         // Endpoints a previous agent attached: kept if their pod is still wanted there,
