@@ -372,9 +372,13 @@ fn watcher<K: Mirrored>(
 }
 
 /// Lists may come from the API server's watch cache (`resourceVersion=0`): every node's
-/// agent lists every pod when it starts, which etcd should not have to serve.
-fn watcher_config() -> watcher::Config {
-    watcher::Config::default().any_semantic()
+/// agent lists every pod when it starts, which etcd should not have to serve. Unpaged: the
+/// client leaves `resourceVersion=0` out of a list that sets a page limit, and the cache
+/// serves a list whole anyway.
+pub fn watcher_config() -> watcher::Config {
+    let mut config = watcher::Config::default().any_semantic();
+    config.page_size = None;
+    config
 }
 
 async fn run_mirror<K: Mirrored>(

@@ -47,6 +47,8 @@ pub fn palisade_bin() -> PathBuf {
 }
 
 pub mod agent;
+/// A fake Kubernetes API server for the Kubernetes agent's end-to-end test.
+pub mod fake_apiserver;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

@@ -14,7 +14,7 @@ use std::{
     io::Write as _,
     net::IpAddr,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -469,9 +469,17 @@ fn reconcile_at_start_attaches_the_pods_already_there() {
     let a_host = node.pods[a].host.clone();
     netns::run_in(node.netns(), || {
         datapath::attach::detach_ifindex(&installed.0, a_ifindex).expect("detach");
-        let (_, programs) =
-            SchedClassifier::query_tcx(&a_host, TcAttachType::Ingress).expect("query tcx");
-        assert!(programs.is_empty(), "still attached: {programs:?}");
+        // The kernel releases an unpinned link from a workqueue: wait for it, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, programs) =
+                SchedClassifier::query_tcx(&a_host, TcAttachType::Ingress).expect("query tcx");
+            if programs.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still attached: {programs:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     })
     .unwrap();
 }

@@ -226,12 +226,7 @@ fn reason(v: u8) -> Result<Reason, DecodeError> {
 }
 
 fn mode(v: u8) -> Result<Mode, DecodeError> {
-    match abi::Mode::from_u8(v) {
-        Some(abi::Mode::Learn) => Ok(Mode::Learn),
-        Some(abi::Mode::Monitor) => Ok(Mode::Monitor),
-        Some(abi::Mode::Enforce) => Ok(Mode::Enforce),
-        None => Err(bad("mode", v)),
-    }
+    super::rules::model_mode(v).ok_or_else(|| bad("mode", v))
 }
 
 #[cfg(test)]

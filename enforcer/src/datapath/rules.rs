@@ -48,6 +48,15 @@ pub fn kernel_mode(mode: Mode) -> enforcer_common::Mode {
     }
 }
 
+/// The mode an endpoint is registered with (`None` for a value no mode has).
+pub fn model_mode(kernel: u8) -> Option<Mode> {
+    match enforcer_common::Mode::from_u8(kernel)? {
+        enforcer_common::Mode::Learn => Some(Mode::Learn),
+        enforcer_common::Mode::Monitor => Some(Mode::Monitor),
+        enforcer_common::Mode::Enforce => Some(Mode::Enforce),
+    }
+}
+
 /// The pod's own addresses (those it has) as the endpoint records them.
 pub fn own_addresses(info: &EndpointInfo) -> Vec<IpAddr> {
     let v4 = Ipv4Addr::from(info.ipv4);

@@ -19,7 +19,7 @@ use crate::{
     agent::{Control, Node},
     cni::{CniRequest, CniServer},
     datapath,
-    endpoints::{self, Attached, HostInterface, NodeSnapshot, Via},
+    endpoints::{self, Attached, HostInterface, NodeSnapshot, Via, WantedPod},
     error::{Error, Result},
     http::{Check, Health},
     metrics::{EndpointModes, Metrics},
@@ -318,12 +318,16 @@ impl Control for KubeControl {
         }
         self.health.set(Check::ClusterSynced, true);
         self.take_snapshot();
-        // Endpoints a previous agent attached: kept if their pod is still wanted there,
-        // detached if not.
+        // Endpoints a previous agent attached: kept (re-registered in place, never detached
+        // first, so enforcement has no gap across a restart) if their pod is still wanted
+        // there, detached if not.
+        let registered = datapath::tables::Endpoints::open_endpoints(node.pins)?;
+        let pods = self.view.wanted();
         for (ifindex, program, _) in node.pins.links()? {
             if program == enforcer_common::maps::PROG_FROM_POD {
-                self.attached
-                    .insert(ifindex, previously_attached(&self.node, ifindex));
+                let info = datapath::tables::Table::get(&registered, &ifindex)?;
+                let previous = previously_attached(&self.node, ifindex, info.as_ref(), &pods);
+                self.attached.insert(ifindex, previous);
             }
         }
         self.reconcile(&mut node);
@@ -400,19 +404,38 @@ impl Control for KubeControl {
     }
 }
 
-/// An endpoint a previous agent attached, for the first plan: its pod is not known (the
-/// plan re-attaches it for the pod whose address it carries now, or detaches it).
-fn previously_attached(node: &NodeSnapshot, ifindex: u32) -> Attached {
+/// An endpoint a previous agent attached, for the first plan: the pod whose addresses it
+/// was registered with (unknown when no wanted pod has them: the plan detaches it).
+fn previously_attached(
+    node: &NodeSnapshot,
+    ifindex: u32,
+    info: Option<&enforcer_common::endpoint::EndpointInfo>,
+    wanted: &BTreeMap<PodKey, WantedPod>,
+) -> Attached {
+    let own = info.map(datapath::rules::own_addresses).unwrap_or_default();
+    let pod = wanted
+        .iter()
+        .find(|(_, want)| want.ips().any(|ip| own.contains(&ip)))
+        .map(|(pod, _)| pod.clone())
+        .unwrap_or_default();
     Attached {
-        pod: (String::new(), String::new()),
+        pod,
         spec: datapath::EndpointSpec {
             interface: node
                 .link(ifindex)
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
-            ipv4: None,
-            ipv6: None,
-            mode: Mode::Enforce,
+            ipv4: own.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }),
+            ipv6: own.iter().find_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            }),
+            mode: info
+                .and_then(|i| datapath::rules::model_mode(i.mode))
+                .unwrap_or(Mode::Enforce),
             isolated: true,
         },
     }
