@@ -393,6 +393,16 @@ impl KubeAgent {
     }
 }
 
+impl KubeAgent {
+    /// SIGKILL, as a crash or an OOM kill would end it, and reap it.
+    fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for KubeAgent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -819,6 +829,37 @@ fn kubernetes_agent_follows_the_api_server_and_the_cni() {
     assert_eq!(
         traffic::tcp_echo(&client.netns.name, 41002, to_server(8080), b"again").unwrap(),
         b"again"
+    );
+
+    // h. A crash never opens enforcement, and a restart does not either: back to enforce,
+    // then the agent is killed; what it pinned keeps judging, and the new agent takes the
+    // endpoints over in place (no detach, no gap).
+    api.apply("namespaces", namespace("enforce")).unwrap();
+    agent.wait_metrics(&[r#"palisade_endpoints{mode="enforce"} 2"#]);
+    agent.kill_hard();
+    assert!(
+        !traffic::tcp_connects(&client.netns.name, to_server(9090)),
+        "client -> server:9090 must stay dropped while the agent is down"
+    );
+    assert_eq!(
+        traffic::tcp_echo(&client.netns.name, 41003, to_server(8080), b"down").unwrap(),
+        b"down"
+    );
+    let mut agent = KubeAgent::start(&node, &installed.0, dir.path(), &kubeconfig).unwrap();
+    agent.wait_ready().unwrap();
+    agent.wait_metrics(&[r#"palisade_endpoints{mode="enforce"} 2"#]);
+    let log = agent.log_text();
+    assert!(
+        !log.lines().any(|l| l.contains("endpoint detached")),
+        "the restarted agent detached a running pod's endpoint:\n{log}"
+    );
+    assert!(
+        !traffic::tcp_connects(&client.netns.name, to_server(9090)),
+        "client -> server:9090 must stay dropped after the restart"
+    );
+    assert_eq!(
+        traffic::tcp_echo(&client.netns.name, 41004, to_server(8080), b"back").unwrap(),
+        b"back"
     );
 }
 
