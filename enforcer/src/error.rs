@@ -118,9 +118,6 @@ pub enum Error {
     #[error("the flow collector (gRPC)")]
     Grpc(#[source] Box<dyn std::error::Error + Send + Sync>),
 
-    #[error("the netlink watch of the node's links ended")]
-    NetlinkWatchEnded,
-
     #[error("{path}")]
     Io {
         path: PathBuf,

@@ -255,6 +255,19 @@ impl Server {
     }
 }
 
+/// Bind `addr` and serve on a task of its own for as long as the runtime runs; the bound
+/// address (`:0` gets a port).
+pub async fn spawn(addr: SocketAddr, state: HttpState) -> Result<SocketAddr, HttpError> {
+    let server = Server::bind(addr).await?;
+    let bound = server.local_addr();
+    tokio::spawn(async move {
+        if let Err(e) = server.run(state, std::future::pending()).await {
+            warn!(error = %e, "the metrics and health server stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// Bind `addr` and serve until `shutdown` completes.
 pub async fn serve(
     addr: SocketAddr,
@@ -265,8 +278,12 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    if let Some(refresh) = &state.refresh {
-        refresh(&state.metrics);
+    if let Some(refresh) = state.refresh.clone() {
+        // Reading the pinned maps is a syscall per entry: off the runtime's threads.
+        let metrics = Arc::clone(&state.metrics);
+        if let Err(e) = tokio::task::spawn_blocking(move || refresh(&metrics)).await {
+            warn!(error = %e, "refreshing the metrics");
+        }
     }
     (
         [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],

@@ -91,7 +91,7 @@ pub enum LearnCommand {
         #[arg(long, env = "PALISADE_HTTP")]
         http: Option<SocketAddr>,
         /// The baseline is stable once no new rule appeared for this long.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "PALISADE_STABLE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
         stable_after: Duration,
         #[command(flatten)]
         options: ProposeArgs,
@@ -114,16 +114,20 @@ pub enum LearnCommand {
 #[derive(Args)]
 pub struct ProposeArgs {
     /// The cluster's DNS resolver, as NAMESPACE/KEY=VALUE[,KEY=VALUE].
-    #[arg(long, default_value = "kube-system/k8s-app=kube-dns", value_parser = parse_resolver)]
+    #[arg(long, env = "PALISADE_RESOLVER", default_value = "kube-system/k8s-app=kube-dns", value_parser = parse_resolver)]
     resolver: Resolver,
     /// External addresses inside this range become the range: NAME=CIDR (repeatable).
-    #[arg(long = "cidr-group")]
+    #[arg(
+        long = "cidr-group",
+        env = "PALISADE_CIDR_GROUPS",
+        value_delimiter = ' '
+    )]
     cidr_groups: Vec<CidrGroup>,
     /// Distinct addresses under one DNS name before they widen to their common prefix.
-    #[arg(long, default_value_t = Widening::default().dns_min_addresses)]
+    #[arg(long, env = "PALISADE_DNS_MIN_ADDRESSES", default_value_t = Widening::default().dns_min_addresses)]
     dns_min_addresses: usize,
     /// Leave out rules whose confidence is below this (0-1).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "PALISADE_MIN_CONFIDENCE", default_value_t = 0.0)]
     min_confidence: f64,
 }
 
@@ -187,12 +191,8 @@ pub fn run(command: LearnCommand) -> Result<()> {
                 stable_after,
                 options: options.options(),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(learner_service::serve(config, crate::shutdown_signal()))?;
+            crate::services_runtime()?
+                .block_on(learner_service::serve(config, crate::shutdown_signal()))?;
             Ok(())
         }
         LearnCommand::Compact {

@@ -162,15 +162,10 @@ pub async fn serve(
     let health = Health::new(Duration::from_secs(30), required);
     if let Some(addr) = config.http {
         let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
-        let server = http::Server::bind(addr)
+        let state = HttpState::new(health.clone(), metrics);
+        http::spawn(addr, state)
             .await
             .map_err(|e| Error::Http(Box::new(e)))?;
-        let state = HttpState::new(health.clone(), metrics);
-        tokio::spawn(async move {
-            if let Err(e) = server.run(state, std::future::pending()).await {
-                warn!(error = %e, "the health server stopped");
-            }
-        });
     }
     let store = Store::open(&config.store).map_err(|e| Error::Learner(Box::new(e)))?;
     let store = Arc::new(Mutex::new(store));
@@ -221,7 +216,7 @@ pub async fn serve(
                     (None, None) => Ok(Cluster::default()),
                 };
                 let proposed = match cluster {
-                    Ok(cluster) => propose_now(&config, &store, &cluster, client.as_ref()).await,
+                    Ok(cluster) => propose_now(&config, &store, cluster, client.as_ref()).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = proposed {
@@ -252,13 +247,53 @@ fn read_cluster(path: &std::path::Path) -> Result<Cluster> {
         .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
-/// Propose from the whole baseline: files always, custom resources when in a cluster.
+/// Propose from the whole baseline: files always, custom resources when in a cluster. The
+/// store, the proposal and the files are worked on a blocking thread, off the runtime that
+/// serves agents and the health endpoints.
 async fn propose_now(
     config: &LearnerServiceConfig,
     store: &Arc<Mutex<Store>>,
-    cluster: &Cluster,
+    cluster: Cluster,
     client: Option<&kube::Client>,
 ) -> Result<()> {
+    let (proposal, stable) = {
+        let store = Arc::clone(store);
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || propose_files(&config, &store, &cluster))
+            .await
+            .map_err(|e| Error::Grpc(Box::new(e)))??
+    };
+    let (Some(proposal), Some(client)) = (proposal, client) else {
+        return Ok(());
+    };
+    let options = ResourceOptions {
+        stable,
+        ..ResourceOptions::default()
+    };
+    let resources = crd::baseline_resources(&proposal, &options);
+    let published = apply::publish(client, resources)
+        .await
+        .map_err(|e| Error::Kubernetes(Box::new(e)))?;
+    for failed in &published.failed {
+        warn!(error = %crate::error::chain(failed), "WorkloadBaseline not published");
+    }
+    info!(
+        applied = published.applied.len(),
+        deleted = published.deleted.len(),
+        failed = published.failed.len(),
+        "WorkloadBaselines published"
+    );
+    Ok(())
+}
+
+/// The proposal (`None` while nothing is learned: an empty baseline, after a lost store
+/// say, must not delete every published baseline) written as files, and whether the
+/// baseline is stable.
+fn propose_files(
+    config: &LearnerServiceConfig,
+    store: &Mutex<Store>,
+    cluster: &Cluster,
+) -> Result<(Option<propose::Proposal>, bool)> {
     let baseline = {
         let store = store.lock().unwrap_or_else(|e| e.into_inner());
         store
@@ -267,7 +302,7 @@ async fn propose_now(
     };
     if baseline.is_empty() {
         info!("nothing learned yet");
-        return Ok(());
+        return Ok((None, false));
     }
     let proposal = propose::propose(&baseline, cluster, &config.options);
     let written =
@@ -282,26 +317,8 @@ async fn propose_now(
         dir = %config.proposal_dir.display(),
         "proposal written"
     );
-    if let Some(client) = client {
-        let options = ResourceOptions {
-            stable: baseline.is_stable(SystemTime::now(), config.stable_after),
-            ..ResourceOptions::default()
-        };
-        let resources = crd::baseline_resources(&proposal, &options);
-        let published = apply::publish(client, resources)
-            .await
-            .map_err(|e| Error::Kubernetes(Box::new(e)))?;
-        for failed in &published.failed {
-            warn!(error = %crate::error::chain(failed), "WorkloadBaseline not published");
-        }
-        info!(
-            applied = published.applied.len(),
-            deleted = published.deleted.len(),
-            failed = published.failed.len(),
-            "WorkloadBaselines published"
-        );
-    }
-    Ok(())
+    let stable = baseline.is_stable(SystemTime::now(), config.stable_after);
+    Ok((Some(proposal), stable))
 }
 
 #[cfg(test)]

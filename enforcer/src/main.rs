@@ -79,7 +79,7 @@ struct KubeArgs {
     #[arg(long, env = "PALISADE_LEARNER_URL", requires = "kubernetes")]
     learner_url: Option<String>,
     /// Report denied connections as Kubernetes Events on their pod (rate-limited).
-    #[arg(long, env = "PALISADE_DENY_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "PALISADE_DENY_EVENTS", default_value_t = true, action = clap::ArgAction::Set, requires = "kubernetes")]
     deny_events: bool,
 }
 
@@ -151,9 +151,10 @@ enum Command {
         /// The cluster file for --policy-dir: namespaces, pods and nodes (JSON).
         #[arg(long, env = "PALISADE_CLUSTER")]
         cluster: Option<PathBuf>,
-        /// This node's name in the cluster file.
-        #[arg(long, env = "PALISADE_NODE", default_value = "node")]
-        node_name: String,
+        /// This node's name: in the cluster file (default `node`), or in Kubernetes (the
+        /// downward API's `spec.nodeName`; required there).
+        #[arg(long, env = "PALISADE_NODE")]
+        node_name: Option<String>,
         /// What pods no policy selects get, unless their namespace's `palisade.io/default`
         /// label says: allow (Kubernetes) or deny (zero trust).
         #[arg(long, env = "PALISADE_DEFAULT", value_enum, default_value_t = DefaultArg::Allow)]
@@ -324,6 +325,10 @@ fn main() -> Result<()> {
             kube,
         } => {
             if kube.kubernetes {
+                let node_name = node_name.context(
+                    "--kubernetes protects this node's pods: name it with --node-name or \
+                     PALISADE_NODE (the downward API's spec.nodeName)",
+                )?;
                 let config = KubeAgentConfig {
                     pins: enter(&node)?,
                     node: node_name,
@@ -347,7 +352,7 @@ fn main() -> Result<()> {
                     cluster: cluster.context("--policy-dir needs --cluster")?,
                     names: names.clone().context("--policy-dir needs --names")?,
                     compile: CompileConfig {
-                        node: node_name,
+                        node: node_name.unwrap_or_else(|| "node".to_owned()),
                         default: default.into(),
                         identities,
                     },
@@ -503,13 +508,19 @@ fn run_agent(config: AgentConfig, output: Option<PathBuf>, format: Format) -> Re
 }
 
 fn run_kube_agent(config: KubeAgentConfig) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    services_runtime()?.block_on(kubernetes::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// The runtime of the long-running services (the Kubernetes agent, the learner): two
+/// workers, so the API watchers, the gRPC streams and the HTTP endpoints never wait on one
+/// another's turn.
+fn services_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(kubernetes::run(config, shutdown_signal()))?;
-    Ok(())
+        .context("starting the async runtime")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -27,6 +27,9 @@ pub enum Via {
     Route,
     /// The pod's address is a neighbour on `bridge`, and its MAC was learned on this port.
     Bridge { bridge: u32 },
+    /// The CNI plugin's result named this interface for the pod (a bridged pod that has not
+    /// talked to the node yet has no neighbour entry to find it by).
+    Cni,
 }
 
 /// The host side of a pod's veth, in the namespace the snapshot was taken in.

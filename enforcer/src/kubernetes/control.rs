@@ -14,7 +14,9 @@ use k8s::watch::{ClusterWatch, Snapshot};
 use model::{Mode, netpol::compile::PodKey};
 use tracing::{debug, info, warn};
 
-use super::node::{CniPod, NodeView};
+use enforcer_common::endpoint::EndpointInfo;
+
+use super::node::{CniPod, NodeView, wanted_pod};
 use crate::{
     agent::{Control, Node},
     cni::{CniRequest, CniServer},
@@ -38,6 +40,8 @@ pub enum Event {
     Cni(CniRequest),
     /// A link, route or neighbour changed.
     Link(endpoints::Event),
+    /// The netlink watch ended (a message it could not decode ends it).
+    LinksLost,
     Tick,
 }
 
@@ -54,6 +58,11 @@ pub struct KubeControl {
     /// do not (yet) show which interface carries them.
     hints: BTreeMap<IpAddr, HostInterface>,
     attached: BTreeMap<u32, Attached>,
+    /// Endpoints a previous agent attached whose pod this one does not know (yet): left
+    /// as they are, enforcing what they were given, until a wanted pod's address leads to
+    /// them (then they are its) or their interface is gone (then they are removed). A
+    /// restarting agent never opens enforcement by detaching them.
+    orphans: BTreeMap<u32, Option<EndpointInfo>>,
     /// ADDs answered after the next policy reload.
     pending: Vec<(CniRequest, PodKey)>,
     /// What was last reported about the mirror, so it is reported once per change.
@@ -96,6 +105,7 @@ impl KubeControl {
             stale: false,
             hints: BTreeMap::new(),
             attached: BTreeMap::new(),
+            orphans: BTreeMap::new(),
             pending: Vec::new(),
             reported: Reported::default(),
             metrics: parts.metrics,
@@ -135,8 +145,16 @@ impl KubeControl {
                 self.node = node;
                 self.stale = false;
             }
-            // Keep the last picture; the next change or tick tries again.
-            Err(e) => warn!(error = %e, "cannot read the node's links and routes"),
+            // Keep the last picture; the next tick tries again, on a new socket (a message
+            // the old one could not decode ends its connection for good).
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "cannot read the node's links and routes");
+                self.stale = true;
+                match endpoints::connect() {
+                    Ok(handle) => self.netlink = handle,
+                    Err(e) => warn!(error = %crate::error::chain(&e), "no new netlink socket"),
+                }
+            }
         }
     }
 
@@ -152,6 +170,7 @@ impl KubeControl {
                 }
             }
         }
+        self.adopt_orphans(node, &wanted, &discovered);
         let plan = endpoints::plan(&wanted, &discovered, &self.attached);
         for conflict in &plan.conflicts {
             warn!(?conflict, "endpoint discovery");
@@ -190,7 +209,9 @@ impl KubeControl {
                 Ok(()) => action.record(&mut self.attached),
                 Err(e) => {
                     self.metrics.attach_error(&e);
-                    warn!(error = %crate::error::chain(&e), ?action, "endpoint not changed");
+                    warn!(error = %crate::error::chain(&e), ?action, "endpoint not changed; retrying");
+                    // Tried again on the next tick, not only on the next change.
+                    self.stale = true;
                 }
             }
         }
@@ -199,6 +220,40 @@ impl KubeControl {
         node.namer.names = self.view.names(&inputs, &self.attached);
         if let Some(policy) = node.policy.as_mut() {
             policy.set_inputs(inputs);
+        }
+    }
+
+    /// An orphan whose interface now carries a wanted pod's address is that pod's (kept in
+    /// place; re-registered only if its spec differs); one whose interface is gone is
+    /// removed (nothing can pass through it any more).
+    fn adopt_orphans(
+        &mut self,
+        node: &Node<'_>,
+        wanted: &BTreeMap<PodKey, WantedPod>,
+        discovered: &BTreeMap<IpAddr, HostInterface>,
+    ) {
+        let orphans = std::mem::take(&mut self.orphans);
+        for (ifindex, info) in orphans {
+            let claimant = wanted.iter().find(|(_, want)| {
+                want.ips()
+                    .any(|ip| discovered.get(&ip).is_some_and(|i| i.ifindex == ifindex))
+            });
+            match (claimant, self.node.link(ifindex)) {
+                (Some((pod, _)), Some(link)) => {
+                    let previous = previously_attached(pod, &link.name, info.as_ref());
+                    self.attached.insert(ifindex, previous);
+                }
+                (None, Some(_)) => {
+                    self.orphans.insert(ifindex, info);
+                }
+                (_, None) => match datapath::attach::detach_ifindex(node.pins, ifindex) {
+                    Ok(()) => info!(ifindex, "endpoint of a gone interface removed"),
+                    Err(e) => {
+                        warn!(ifindex, error = %crate::error::chain(&e), "stale endpoint not removed");
+                        self.orphans.insert(ifindex, info);
+                    }
+                },
+            }
         }
     }
 
@@ -218,6 +273,15 @@ impl KubeControl {
             container_id,
             ..
         } = request.request.clone();
+        if request.is_abandoned() {
+            // The plugin gave up waiting (and told the runtime); the kubelet tries again.
+            debug!(
+                container_id,
+                ?command,
+                "CNI request abandoned before its turn"
+            );
+            return false;
+        }
         let Some(pod) = pod else {
             // Not a Kubernetes pod (no K8S_POD_* arguments): nothing to protect by policy.
             request.respond(Ok(None));
@@ -239,7 +303,7 @@ impl KubeControl {
                             HostInterface {
                                 ifindex,
                                 name: name.clone(),
-                                via: Via::Route,
+                                via: Via::Cni,
                             },
                         );
                     }
@@ -248,6 +312,7 @@ impl KubeControl {
                 self.view.cni_added(
                     key.clone(),
                     CniPod {
+                        container_id: container_id.clone(),
                         uid: pod.uid.unwrap_or_default(),
                         ips: addresses,
                     },
@@ -257,7 +322,7 @@ impl KubeControl {
                 true
             }
             Command::Del => {
-                self.view.cni_deleted(&key);
+                self.view.cni_deleted(&key, &container_id);
                 self.hints
                     .retain(|ip, _| !ips.iter().any(|p| p.address == *ip));
                 self.reconcile(node);
@@ -318,16 +383,16 @@ impl Control for KubeControl {
         }
         self.health.set(Check::ClusterSynced, true);
         self.take_snapshot();
-        // Endpoints a previous agent attached: kept (re-registered in place, never detached
-        // first, so enforcement has no gap across a restart) if their pod is still wanted
-        // there, detached if not.
+        // Endpoints a previous agent attached: each is adopted by the pod whose address
+        // its interface carries (kept in place, never detached first, so enforcement has
+        // no gap across a restart); see `orphans`. The node's links are read afresh: the
+        // first lists may have taken a while.
+        self.refresh_links().await;
         let registered = datapath::tables::Endpoints::open_endpoints(node.pins)?;
-        let pods = self.view.wanted();
         for (ifindex, program, _) in node.pins.links()? {
             if program == enforcer_common::maps::PROG_FROM_POD {
                 let info = datapath::tables::Table::get(&registered, &ifindex)?;
-                let previous = previously_attached(&self.node, ifindex, info.as_ref(), &pods);
-                self.attached.insert(ifindex, previous);
+                self.orphans.insert(ifindex, info);
             }
         }
         self.reconcile(&mut node);
@@ -349,7 +414,7 @@ impl Control for KubeControl {
             Some(request) = cni => Ok(Event::Cni(request)),
             event = self.links.next() => match event {
                 Some(event) => Ok(Event::Link(event)),
-                None => Err(Error::NetlinkWatchEnded),
+                None => Ok(Event::LinksLost),
             },
             _ = self.tick.tick() => Ok(Event::Tick),
         }
@@ -364,6 +429,13 @@ impl Control for KubeControl {
             }
             Event::Cni(request) => Ok(self.cni(request, &mut node).await),
             Event::Link(_) => {
+                self.stale = true;
+                Ok(false)
+            }
+            Event::LinksLost => {
+                // Watch again, and look at everything: changes may have been missed.
+                warn!("the netlink watch ended; subscribing again");
+                self.links = endpoints::Watch::subscribe().map_err(netlink_error)?;
                 self.stale = true;
                 Ok(false)
             }
@@ -392,6 +464,15 @@ impl Control for KubeControl {
                     "the policy for pod {} could not be written to the maps; see the agent's log",
                     pod_name(&key)
                 )),
+                // The node's policy did not compile: the pod would start isolated, without
+                // its rules; in enforce mode that is an outage, so the runtime is told.
+                (Reload::Refused, Some(programmed)) if programmed.mode == EndpointMode::Enforce => {
+                    Err(format!(
+                        "the policy for this node does not compile, so pod {} (enforce mode) \
+                         would start without its rules; see the agent's log",
+                        pod_name(&key)
+                    ))
+                }
                 (_, Some(programmed)) => Ok(Some(programmed)),
                 (_, None) => Err(format!(
                     "no interface on this node carries the addresses of pod {} (looked for host \
@@ -404,38 +485,22 @@ impl Control for KubeControl {
     }
 }
 
-/// An endpoint a previous agent attached, for the first plan: the pod whose addresses it
-/// was registered with (unknown when no wanted pod has them: the plan detaches it).
-fn previously_attached(
-    node: &NodeSnapshot,
-    ifindex: u32,
-    info: Option<&enforcer_common::endpoint::EndpointInfo>,
-    wanted: &BTreeMap<PodKey, WantedPod>,
-) -> Attached {
+/// An endpoint a previous agent attached on `interface`, as the plan should see it for
+/// `pod`: with the addresses and mode it is registered with (so the plan re-registers it
+/// only if they differ).
+fn previously_attached(pod: &PodKey, interface: &str, info: Option<&EndpointInfo>) -> Attached {
     let own = info.map(datapath::rules::own_addresses).unwrap_or_default();
-    let pod = wanted
-        .iter()
-        .find(|(_, want)| want.ips().any(|ip| own.contains(&ip)))
-        .map(|(pod, _)| pod.clone())
-        .unwrap_or_default();
+    let mode = info
+        .and_then(|i| datapath::rules::model_mode(i.mode))
+        .unwrap_or(Mode::Enforce);
+    let registered = wanted_pod(&own, mode);
     Attached {
-        pod,
+        pod: pod.clone(),
         spec: datapath::EndpointSpec {
-            interface: node
-                .link(ifindex)
-                .map(|l| l.name.clone())
-                .unwrap_or_default(),
-            ipv4: own.iter().find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            }),
-            ipv6: own.iter().find_map(|ip| match ip {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            }),
-            mode: info
-                .and_then(|i| datapath::rules::model_mode(i.mode))
-                .unwrap_or(Mode::Enforce),
+            interface: interface.to_owned(),
+            ipv4: registered.as_ref().and_then(|w| w.ipv4),
+            ipv6: registered.as_ref().and_then(|w| w.ipv6),
+            mode,
             isolated: true,
         },
     }

@@ -24,7 +24,6 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use k8s::{modes::ModeDefaults, watch::ClusterWatch};
 use model::{Mode, netpol::evaluate::DefaultAction};
-use tracing::{info, warn};
 
 use crate::{
     agent::{self, AgentConfig},
@@ -73,15 +72,9 @@ pub async fn run(
     if let Some(addr) = config.http {
         let state = HttpState::new(health.clone(), Arc::clone(&metrics))
             .with_refresh(sink::datapath_refresh(config.pins.clone()));
-        let server = http::Server::bind(addr)
+        http::spawn(addr, state)
             .await
             .map_err(|e| Error::Http(Box::new(e)))?;
-        info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-        tokio::spawn(async move {
-            if let Err(e) = server.run(state, std::future::pending()).await {
-                warn!(error = %e, "the metrics and health server stopped");
-            }
-        });
     }
     let client = kube::Client::try_default()
         .await

@@ -5,8 +5,9 @@
 //! Pure: no API server, netlink or maps here, so every rule below is unit tested.
 //!
 //! A pod is protected from its first packet: the CNI plugin's ADD comes before the kubelet
-//! writes the pod's addresses into its status, so the addresses the plugin reports stand in
-//! until the status has them. A pod the API server's mirror does not know yet (no labels,
+//! writes the pod's addresses into its status, so the addresses the plugin reports are the
+//! pod's until the status says the same (a recreated sandbox may get new addresses while
+//! the status still has the old ones), or the plugin's DEL for that sandbox comes. A pod the API server's mirror does not know yet (no labels,
 //! so no identity and no rules) is still protected, isolated, in its namespace's mode or
 //! the cluster default: never silently allowed in enforce mode.
 
@@ -30,6 +31,8 @@ use crate::{
 /// A pod as the CNI plugin described it in its ADD.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniPod {
+    /// The sandbox (a DEL for another, older sandbox of the pod does not remove this one).
+    pub container_id: String,
     pub uid: String,
     pub ips: Vec<IpAddr>,
 }
@@ -59,22 +62,18 @@ impl NodeView {
         self.snapshot.as_ref()
     }
 
-    /// The API server's view changed. CNI reports the status now carries (or of pods that
-    /// are gone, or were replaced by a pod of the same name) are no longer needed.
+    /// The API server's view changed. CNI reports whose addresses the status now carries
+    /// are no longer needed.
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
         self.cni.retain(|key, reported| {
-            match snapshot
+            let status = snapshot
                 .local
                 .iter()
                 .find(|p| p.namespace == key.0 && p.name == key.1)
-            {
-                // Not in the mirror yet: the watch is behind the kubelet; keep it.
-                None => true,
-                Some(pod) => {
-                    (pod.uid.is_empty() || reported.uid.is_empty() || pod.uid == reported.uid)
-                        && pod.ips.is_empty()
-                }
-            }
+                .map(|p| &p.ips);
+            // Not in the mirror yet (the watch is behind the kubelet), or the status is not
+            // the sandbox's yet: keep it.
+            !status.is_some_and(|ips| same_addresses(ips, &reported.ips))
         });
         self.snapshot = Some(snapshot);
     }
@@ -84,9 +83,21 @@ impl NodeView {
         self.cni.insert(pod, reported);
     }
 
-    /// The CNI plugin's DEL for a pod.
-    pub fn cni_deleted(&mut self, pod: &PodKey) {
-        self.cni.remove(pod);
+    /// The CNI plugin's DEL for a pod's sandbox `container_id`; a DEL for an older sandbox
+    /// (it can come after the new one's ADD) leaves the new one's report.
+    pub fn cni_deleted(&mut self, pod: &PodKey, container_id: &str) {
+        if self
+            .cni
+            .get(pod)
+            .is_some_and(|r| r.container_id == container_id || container_id.is_empty())
+        {
+            self.cni.remove(pod);
+        }
+    }
+
+    /// A pod's addresses: the CNI's for a sandbox it reported, else the status's.
+    fn addresses<'a>(&'a self, key: &PodKey, status: &'a [IpAddr]) -> &'a [IpAddr] {
+        self.cni.get(key).map_or(status, |r| r.ips.as_slice())
     }
 
     /// The mode of a pod of `namespace` that the mirror does not know: its namespace's,
@@ -110,11 +121,7 @@ impl NodeView {
         let mut wanted = BTreeMap::new();
         for pod in self.local() {
             let key = (pod.namespace.clone(), pod.name.clone());
-            let ips = match self.cni.get(&key) {
-                Some(reported) if pod.ips.is_empty() => reported.ips.as_slice(),
-                _ => pod.ips.as_slice(),
-            };
-            if let Some(want) = wanted_pod(ips, pod.mode) {
+            if let Some(want) = wanted_pod(self.addresses(&key, &pod.ips), pod.mode) {
                 wanted.insert(key, want);
             }
         }
@@ -138,9 +145,7 @@ impl NodeView {
         };
         let mut cluster = snapshot.cluster.clone();
         for pod in &mut cluster.pods {
-            if pod.ips.is_empty()
-                && let Some(reported) = self.cni.get(&(pod.namespace.clone(), pod.name.clone()))
-            {
+            if let Some(reported) = self.cni.get(&(pod.namespace.clone(), pod.name.clone())) {
                 pod.ips = reported.ips.clone();
             }
         }
@@ -194,8 +199,16 @@ impl NodeView {
     }
 }
 
+fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
 /// A pod with at least one address; the first IPv4 and the first IPv6 are its own.
-fn wanted_pod(ips: &[IpAddr], mode: Mode) -> Option<WantedPod> {
+pub(super) fn wanted_pod(ips: &[IpAddr], mode: Mode) -> Option<WantedPod> {
     let ipv4: Option<Ipv4Addr> = ips.iter().find_map(|ip| match ip {
         IpAddr::V4(v4) => Some(*v4),
         IpAddr::V6(_) => None,
@@ -289,6 +302,7 @@ mod tests {
         view.cni_added(
             key("web"),
             CniPod {
+                container_id: "c1".into(),
                 uid: "u1".into(),
                 ips: vec![ip("10.0.1.9"), ip("fd00::9")],
             },
@@ -315,10 +329,19 @@ mod tests {
         assert_eq!(pod.ips, [ip("10.0.1.9"), ip("fd00::9")]);
         assert_eq!(inputs.interfaces["shop/web"], 7);
 
-        // Once the status has the addresses the report is dropped; the status wins.
+        // A status with only some of them is not the sandbox's yet: the report stays.
         view.set_snapshot(snapshot(&["10.0.1.9"], "u1"));
+        assert_eq!(
+            view.wanted()[&key("web")].ipv6,
+            Some("fd00::9".parse().unwrap())
+        );
+        // Once the status says what the CNI said, the report is no longer needed.
+        view.set_snapshot(snapshot(&["fd00::9", "10.0.1.9"], "u1"));
         assert!(view.cni.is_empty());
-        assert_eq!(view.wanted()[&key("web")].ipv6, None);
+        assert_eq!(
+            view.wanted()[&key("web")].ipv6,
+            Some("fd00::9".parse().unwrap())
+        );
     }
 
     #[test]
@@ -328,6 +351,7 @@ mod tests {
         view.cni_added(
             key("late"),
             CniPod {
+                container_id: "c9".into(),
                 uid: "u9".into(),
                 ips: vec![ip("10.0.1.20")],
             },
@@ -335,6 +359,7 @@ mod tests {
         view.cni_added(
             ("other".into(), "x".into()),
             CniPod {
+                container_id: "c8".into(),
                 uid: "u8".into(),
                 ips: vec![ip("10.0.1.21")],
             },
@@ -350,22 +375,38 @@ mod tests {
         let inputs = view.inputs(&BTreeMap::new());
         assert!(!inputs.cluster.pods.iter().any(|p| p.name == "late"));
 
-        view.cni_deleted(&key("late"));
+        // A late DEL of an older sandbox leaves the new one's report.
+        view.cni_deleted(&key("late"), "c0");
+        assert!(view.wanted().contains_key(&key("late")));
+        view.cni_deleted(&key("late"), "c9");
         assert!(!view.wanted().contains_key(&key("late")));
     }
 
     #[test]
-    fn a_report_for_an_earlier_pod_of_the_same_name_is_dropped() {
+    fn a_recreated_sandbox_is_found_by_its_new_addresses_while_the_status_has_the_old() {
         let mut view = NodeView::new(DEFAULTS);
+        view.set_snapshot(snapshot(&["10.0.1.9"], "u1"));
         view.cni_added(
             key("web"),
             CniPod {
-                uid: "old".into(),
+                container_id: "c2".into(),
+                uid: "u1".into(),
                 ips: vec![ip("10.0.1.30")],
             },
         );
-        view.set_snapshot(snapshot(&[], "new"));
-        assert!(view.wanted().is_empty());
+        view.set_snapshot(snapshot(&["10.0.1.9"], "u1"));
+        assert_eq!(
+            view.wanted()[&key("web")].ipv4,
+            Some("10.0.1.30".parse().unwrap())
+        );
+        let inputs = view.inputs(&BTreeMap::new());
+        let web = inputs
+            .cluster
+            .pods
+            .iter()
+            .find(|p| p.name == "web")
+            .unwrap();
+        assert_eq!(web.ips, [ip("10.0.1.30")]);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct KubeSink {
     metrics: Arc<Metrics>,
     stream: Option<(FlowSender, FlowStreamer)>,
     events: Option<DenyEvents>,
+    /// Records the output file did not take.
+    file_errors: u64,
 }
 
 impl KubeSink {
@@ -79,6 +81,7 @@ impl KubeSink {
             metrics,
             stream,
             events,
+            file_errors: 0,
         })
     }
 }
@@ -94,8 +97,14 @@ impl RecordSink for KubeSink {
         {
             events.offer(&denied, Instant::now());
         }
-        if let Some(file) = &mut self.file {
-            RecordSink::write(file, record)?;
+        if let Some(file) = &mut self.file
+            && let Err(e) = RecordSink::write(file, record)
+        {
+            // The file is a copy for people; the agent keeps enforcing and streaming.
+            self.file_errors += 1;
+            if self.file_errors == 1 {
+                warn!(error = %crate::error::chain(&e), "flow records not written to the output file");
+            }
         }
         Ok(())
     }
@@ -116,10 +125,13 @@ impl RecordSink for KubeSink {
             self.metrics
                 .set_k8s_events_suppressed(stats.held_back + stats.dropped);
         }
-        match &mut self.file {
-            Some(file) => RecordSink::flush(file),
-            None => Ok(()),
+        if let Some(file) = &mut self.file
+            && let Err(e) = RecordSink::flush(file)
+        {
+            self.file_errors += 1;
+            warn!(error = %crate::error::chain(&e), "flushing the output file");
         }
+        Ok(())
     }
 }
 
