@@ -52,4 +52,5 @@ pub mod fake_apiserver;
 pub mod frames;
 pub mod kernel;
 pub mod lab;
+pub mod namespaces;
 pub mod traffic;

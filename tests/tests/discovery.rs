@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::IpAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -25,62 +24,10 @@ use enforcer::{
 };
 use futures::StreamExt as _;
 use model::Mode;
-use tests::{require_root, unique_id};
-
-/// A network namespace that is deleted (with the veths in it) when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Self {
-        ip(None, &[format!("netns add {name}")]);
-        Self { name }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if netns::exists(&self.name) {
-            let status = Command::new("ip")
-                .args(["netns", "delete", &self.name])
-                .status();
-            if !status.is_ok_and(|s| s.success()) {
-                eprintln!("could not delete netns {}", self.name);
-            }
-        }
-    }
-}
-
-/// Run `ip -batch` with `commands`, inside `netns` when given; panic with its stderr.
-fn ip(netns: Option<&str>, commands: &[String]) {
-    let mut args = Vec::new();
-    if let Some(ns) = netns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["-batch", "-"]);
-    let mut child = Command::new("ip")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning ip");
-    let mut input = commands.join("\n");
-    input.push('\n');
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("writing to ip");
-    let output = child.wait_with_output().expect("waiting for ip");
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed on\n{input}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use tests::{
+    namespaces::{Netns, ip},
+    require_root, unique_id,
+};
 
 /// Run `future` (made on the thread) on a fresh runtime on a thread inside `netns`, so the
 /// netlink sockets it opens belong to that namespace.

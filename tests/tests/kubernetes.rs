@@ -34,7 +34,12 @@ use enforcer::{
 };
 use model::{Direction, FlowRecord, Verdict};
 use serde_json::{Value, json};
-use tests::{agent::read_records, fake_apiserver::FakeApiServer, require_root, traffic, unique_id};
+use tests::{
+    agent::read_records,
+    fake_apiserver::FakeApiServer,
+    namespaces::{Netns, ip},
+    require_root, traffic, unique_id,
+};
 
 /// How long a step may take to show its effect.
 const STEP: Duration = Duration::from_secs(20);
@@ -50,65 +55,6 @@ const NODE: &str = "node-1";
 // ---------------------------------------------------------------------------------------
 // Network namespaces wired like a node with a ptp CNI
 // ---------------------------------------------------------------------------------------
-
-/// A network namespace that is deleted (with the veths in it) when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Self {
-        ip(None, &[format!("netns add {name}")]);
-        Self { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        netns::path(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if netns::exists(&self.name) {
-            let status = Command::new("ip")
-                .args(["netns", "delete", &self.name])
-                .status();
-            if !status.is_ok_and(|s| s.success()) {
-                eprintln!("could not delete netns {}", self.name);
-            }
-        }
-    }
-}
-
-/// Run `ip -batch` with `commands`, inside `netns` when given; panic with its stderr.
-fn ip(netns: Option<&str>, commands: &[String]) {
-    let mut args = Vec::new();
-    if let Some(ns) = netns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["-batch", "-"]);
-    let mut child = Command::new("ip")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning ip");
-    let mut input = commands.join("\n");
-    input.push('\n');
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("writing to ip");
-    let output = child.wait_with_output().expect("waiting for ip");
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed on\n{input}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// One pod's sandbox: its namespace, the host side of its veth, its address.
 struct Pod {
@@ -405,18 +351,8 @@ impl KubeAgent {
 
 impl Drop for KubeAgent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            tests::agent::stop(child);
         }
     }
 }
