@@ -199,7 +199,10 @@ pub async fn run_with<C: Control>(
                 }
             }
             _ = ticker.tick(), if config.stats_interval.is_some() => {
-                export_stats(&config.pins, &mut namer, &mut exported, &mut out)?;
+                // Periodic: a sweep that fails is tried again at the next tick.
+                if let Err(e) = export_stats(&config.pins, &mut namer, &mut exported, &mut out) {
+                    warn!(error = %crate::error::chain(&e), "connection counters not exported this time");
+                }
             }
             () = &mut shutdown => break,
         }

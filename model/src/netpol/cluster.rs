@@ -161,14 +161,17 @@ impl Cluster {
 impl ClusterService {
     /// The pods the Service sends connections to.
     pub fn backends<'a>(&'a self, cluster: &'a Cluster) -> impl Iterator<Item = &'a Pod> {
-        cluster.pods.iter().filter(move |p| {
-            !self.selector.is_empty()
-                && p.namespace == self.namespace
-                && self
-                    .selector
-                    .iter()
-                    .all(|(k, v)| p.labels.get(k) == Some(v))
-        })
+        cluster.pods.iter().filter(move |p| self.selects(p))
+    }
+
+    /// Is `pod` one of its backends? (A Service without a selector has none.)
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !self.selector.is_empty()
+            && pod.namespace == self.namespace
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
 

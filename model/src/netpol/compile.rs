@@ -140,9 +140,17 @@ impl Compiler {
                 },
             );
         }
+        // Backends are looked for among their Service's namespace's pods only.
+        let mut by_namespace: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for pod in &cluster.pods {
+            by_namespace.entry(&pod.namespace).or_default().push(pod);
+        }
         for service in &cluster.services {
+            let pods = by_namespace
+                .get(service.namespace.as_str())
+                .map_or(&[][..], Vec::as_slice);
             out.services
-                .push(self.service(service, cluster, &out.pod_identities)?);
+                .push(self.service(service, pods, &out.pod_identities)?);
         }
         out.rules = self
             .rule_ids
@@ -209,13 +217,17 @@ impl Compiler {
     fn service(
         &mut self,
         service: &ClusterService,
-        cluster: &Cluster,
+        namespace_pods: &[&Pod],
         pod_identities: &BTreeMap<PodKey, Identity>,
     ) -> Result<Service, IdentityError> {
         let identity = self
             .identities
             .for_service(&format!("{}/{}", service.namespace, service.name))?;
-        let backends: Vec<&Pod> = service.backends(cluster).collect();
+        let backends: Vec<&Pod> = namespace_pods
+            .iter()
+            .copied()
+            .filter(|pod| service.selects(pod))
+            .collect();
         let ports = service
             .ports
             .iter()
@@ -283,6 +295,10 @@ struct PeerIndex<'a> {
     selected: HashMap<usize, Vec<Target>>,
     /// Each namespace's labels (as selectors see them), built once.
     namespace_labels: HashMap<&'a str, Labels>,
+    /// The identities of each namespace's pods (an identity never spans namespaces): a
+    /// peer without a namespace selector only looks at its policy's namespace, not at the
+    /// whole cluster.
+    by_namespace: HashMap<&'a str, Vec<Identity>>,
 }
 
 impl<'a> PeerIndex<'a> {
@@ -291,17 +307,27 @@ impl<'a> PeerIndex<'a> {
         members: BTreeMap<Identity, Vec<&'a Pod>>,
         policies: &[Policy],
     ) -> Self {
-        let namespace_labels = cluster
-            .pods
-            .iter()
-            .map(|p| p.namespace.as_str())
-            .map(|ns| (ns, cluster.namespace_labels(ns)))
-            .collect();
+        let mut namespace_labels = HashMap::new();
+        for pod in &cluster.pods {
+            namespace_labels
+                .entry(pod.namespace.as_str())
+                .or_insert_with(|| cluster.namespace_labels(&pod.namespace));
+        }
+        let mut by_namespace: HashMap<&str, Vec<Identity>> = HashMap::new();
+        for (id, pods) in &members {
+            if let Some(pod) = pods.first() {
+                by_namespace
+                    .entry(pod.namespace.as_str())
+                    .or_default()
+                    .push(*id);
+            }
+        }
         let mut index = Self {
             cluster,
             members,
             selected: HashMap::new(),
             namespace_labels,
+            by_namespace,
         };
         for policy in policies {
             let rules = [&policy.ingress, &policy.egress]
@@ -326,16 +352,28 @@ impl<'a> PeerIndex<'a> {
                 net: *net,
                 except: except.clone(),
             }],
-            PolicyPeer::Pods { .. } => self
-                .members
-                .iter()
-                .filter(|(_, members)| {
-                    let pod = members[0];
-                    let labels = &self.namespace_labels[pod.namespace.as_str()];
-                    peer.selects_pod(&policy.name.namespace, pod, labels)
-                })
-                .map(|(id, _)| Target::Identity(*id))
-                .collect(),
+            PolicyPeer::Pods { namespaces, .. } => {
+                let selects = |id: &Identity| {
+                    self.representative(*id).is_some_and(|pod| {
+                        let labels = &self.namespace_labels[pod.namespace.as_str()];
+                        peer.selects_pod(&policy.name.namespace, pod, labels)
+                    })
+                };
+                let candidates: Box<dyn Iterator<Item = &Identity>> = match namespaces {
+                    None => Box::new(
+                        self.by_namespace
+                            .get(policy.name.namespace.as_str())
+                            .into_iter()
+                            .flatten(),
+                    ),
+                    Some(_) => Box::new(self.members.keys()),
+                };
+                // Identity order, as the whole-cluster scan gives it.
+                let mut selected: Vec<Identity> =
+                    candidates.filter(|id| selects(id)).copied().collect();
+                selected.sort();
+                selected.into_iter().map(Target::Identity).collect()
+            }
         }
     }
 
