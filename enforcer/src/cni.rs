@@ -138,6 +138,11 @@ impl CniServer {
         self.requests.recv().await
     }
 
+    /// A request already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<CniRequest> {
+        self.requests.try_recv().ok()
+    }
+
     /// Where the server listens.
     pub fn path(&self) -> &Path {
         &self.path

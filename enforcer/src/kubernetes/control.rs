@@ -32,6 +32,9 @@ use crate::{
 /// change (links, routes and neighbours come in bursts when a pod starts).
 const TICK: Duration = Duration::from_millis(250);
 
+/// CNI requests handled together at most (the server queues 64).
+const CNI_BATCH: usize = 64;
+
 /// One thing for the agent's loop to act on.
 pub enum Event {
     /// The API server's mirror changed.
@@ -263,8 +266,34 @@ impl KubeControl {
         self.node.link(hint.ifindex).map(|_| hint.clone())
     }
 
-    /// Act on a CNI request; `true` when the policy inputs changed.
-    async fn cni(&mut self, request: CniRequest, node: &mut Node<'_>) -> bool {
+    /// Act on `first` and every CNI request queued behind it, with one look at the node's
+    /// links, one plan and (by the caller) one policy reload for all of them: a burst of
+    /// pods starting costs one compilation, not one each. `true` when the policy inputs
+    /// changed.
+    async fn cni(&mut self, first: CniRequest, node: &mut Node<'_>) -> bool {
+        let mut batch = vec![first];
+        while batch.len() < CNI_BATCH
+            && let Some(more) = self.cni.as_mut().and_then(CniServer::try_next)
+        {
+            batch.push(more);
+        }
+        // The CNI before us has just wired the pods: look at the node afresh.
+        if batch.iter().any(|r| r.request.command == Command::Add) {
+            self.refresh_links().await;
+        }
+        let mut changed = false;
+        for request in batch {
+            changed |= self.take_cni(request);
+        }
+        if changed {
+            self.reconcile(node);
+        }
+        changed
+    }
+
+    /// Record what one CNI request says, answering it now or (an ADD) after the reload;
+    /// `true` when the wanted pods changed.
+    fn take_cni(&mut self, request: CniRequest) -> bool {
         let Request {
             command,
             pod,
@@ -291,8 +320,6 @@ impl KubeControl {
         match command {
             Command::Add => {
                 let addresses: Vec<IpAddr> = ips.iter().map(|ip| ip.address).collect();
-                // The CNI before us has just wired the pod: look at the node afresh.
-                self.refresh_links().await;
                 if let Some(name) = &host_interface
                     && let Ok(ifindex) = datapath::attach::ifindex_of(name)
                     && self.node.link(ifindex).is_some()
@@ -312,12 +339,11 @@ impl KubeControl {
                 self.view.cni_added(
                     key.clone(),
                     CniPod {
-                        container_id: container_id.clone(),
+                        container_id,
                         uid: pod.uid.unwrap_or_default(),
                         ips: addresses,
                     },
                 );
-                self.reconcile(node);
                 self.pending.push((request, key));
                 true
             }
@@ -325,7 +351,6 @@ impl KubeControl {
                 self.view.cni_deleted(&key, &container_id);
                 self.hints
                     .retain(|ip, _| !ips.iter().any(|p| p.address == *ip));
-                self.reconcile(node);
                 request.respond(Ok(None));
                 true
             }
