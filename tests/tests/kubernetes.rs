@@ -386,6 +386,49 @@ struct CniOutcome {
 
 /// Run the real `palisade-cni` (built next to `palisade`) as a runtime would: CNI_*
 /// variables, the network configuration on stdin.
+/// What a runtime gives `palisade-cni` for pod `name` of `shop` in sandbox `pod`, chained
+/// after a ptp CNI: the previous result, the network config, the CNI_* variables.
+fn cni_call(
+    id: &str,
+    pod: &Pod,
+    name: &str,
+    uid: &str,
+    socket: &Path,
+) -> (Value, Value, [(&'static str, String); 4]) {
+    let prev_result = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [
+            {"name": pod.host, "mac": pod.mac},
+            {"name": "eth0", "sandbox": pod.netns.path()},
+        ],
+        "ips": [{"address": format!("{}/32", pod.ipv4), "gateway": GATEWAY, "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+        "dns": {},
+    });
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s",
+        "type": "palisade-cni",
+        "socket": socket,
+        "timeout": "10s",
+        "prevResult": prev_result,
+    });
+    let container = format!("{id}-{name}-sandbox");
+    let env = [
+        ("CNI_CONTAINERID", container.clone()),
+        ("CNI_NETNS", pod.netns.path().display().to_string()),
+        ("CNI_IFNAME", "eth0".to_owned()),
+        (
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name};\
+                 K8S_POD_INFRA_CONTAINER_ID={container};K8S_POD_UID={uid}"
+            ),
+        ),
+    ];
+    (prev_result, config, env)
+}
+
 fn palisade_cni(command: &str, env: &[(&str, String)], config: &Value) -> CniOutcome {
     let bin = tests::palisade_bin().with_file_name("palisade-cni");
     assert!(
@@ -599,37 +642,8 @@ fn kubernetes_agent_follows_the_api_server_and_the_cni() {
     let late = node.add_pod("late", 4);
     let late_ifindex = node.ifindex(&late.host);
     let _late_server = EchoServers::start(&late.netns.name, &[7000]);
-    let prev_result = json!({
-        "cniVersion": "1.0.0",
-        "interfaces": [
-            {"name": late.host, "mac": late.mac},
-            {"name": "eth0", "sandbox": late.netns.path()},
-        ],
-        "ips": [{"address": format!("{}/32", late.ipv4), "gateway": GATEWAY, "interface": 1}],
-        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
-        "dns": {},
-    });
-    let config = json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s",
-        "type": "palisade-cni",
-        "socket": dir.path().join("cni.sock"),
-        "timeout": "10s",
-        "prevResult": prev_result,
-    });
-    let container = format!("{id}-late-sandbox");
-    let cni_env = [
-        ("CNI_CONTAINERID", container.clone()),
-        ("CNI_NETNS", late.netns.path().display().to_string()),
-        ("CNI_IFNAME", "eth0".to_owned()),
-        (
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=late;\
-                 K8S_POD_INFRA_CONTAINER_ID={container};K8S_POD_UID={late_uid}"
-            ),
-        ),
-    ];
+    let (prev_result, config, cni_env) =
+        cni_call(&id, &late, "late", &late_uid, &dir.path().join("cni.sock"));
     let started = Instant::now();
     let added = palisade_cni("ADD", &cni_env, &config);
     // Informational (BENCHMARKS.md): the plugin's whole run, attach and policy included.
@@ -800,6 +814,49 @@ fn kubernetes_agent_follows_the_api_server_and_the_cni() {
         traffic::tcp_echo(&client.netns.name, 41004, to_server(8080), b"back").unwrap(),
         b"back"
     );
+
+    // i. A burst of pods starting at once (their ADDs queue and are handled together):
+    // every ADD succeeds, and every pod's first packet is judged by its own policy.
+    let socket = dir.path().join("cni.sock");
+    let burst: Vec<(Pod, String)> = (0..6u8)
+        .map(|i| {
+            let name = format!("burst-{i}");
+            let uid = api.apply("pods", pod(&name, "late", None)).unwrap()["metadata"]["uid"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (node.add_pod(&name, 10 + i), uid)
+        })
+        .collect();
+    let outcomes: Vec<CniOutcome> = std::thread::scope(|scope| {
+        let runs: Vec<_> = burst
+            .iter()
+            .enumerate()
+            .map(|(i, (sandbox, uid))| {
+                let (_, config, env) = cni_call(&id, sandbox, &format!("burst-{i}"), uid, &socket);
+                scope.spawn(move || palisade_cni("ADD", &env, &config))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (i, added) in outcomes.iter().enumerate() {
+        assert_eq!(
+            added.code,
+            Some(0),
+            "burst-{i}: palisade-cni ADD failed: {}\n{}\nagent log:\n{}",
+            added.stdout,
+            added.stderr,
+            agent.log_text()
+        );
+    }
+    for (sandbox, _) in &burst {
+        assert!(
+            !traffic::tcp_connects(&sandbox.netns.name, to_server(8080)),
+            "{}: its first connection must be dropped (late-no-egress selects it)",
+            sandbox.netns.name
+        );
+    }
+    agent.wait_metrics(&[r#"palisade_endpoints{mode="enforce"} 8"#]);
 }
 
 // ---------------------------------------------------------------------------------------
