@@ -186,20 +186,33 @@ fn human(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-/// Called before each `/metrics` encoding, to refresh values that are cheap to read at
-/// scrape time (the datapath's per-CPU counters, say).
-pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+/// Called before each `/metrics` encoding (on a blocking thread), to refresh values that
+/// are read at scrape time (the datapath's per-CPU counters, say); it captures what it
+/// updates.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+/// Metrics as `/metrics` serves them: the agent's ([`Metrics`]) or the learner's.
+pub trait Exposition: Send + Sync {
+    /// Everything, as OpenMetrics text (ends with `# EOF`).
+    fn encode(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct HttpState {
     pub health: Health,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn Exposition>,
     pub refresh: Option<Refresh>,
 }
 
 impl HttpState {
-    pub fn new(health: Health, metrics: Arc<Metrics>) -> Self {
+    pub fn new(health: Health, metrics: Arc<dyn Exposition>) -> Self {
         Self {
             health,
             metrics,
@@ -280,8 +293,7 @@ pub async fn serve(
 async fn metrics(State(state): State<HttpState>) -> Response {
     if let Some(refresh) = state.refresh.clone() {
         // Reading the pinned maps is a syscall per entry: off the runtime's threads.
-        let metrics = Arc::clone(&state.metrics);
-        if let Err(e) = tokio::task::spawn_blocking(move || refresh(&metrics)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || refresh()).await {
             warn!(error = %e, "refreshing the metrics");
         }
     }
@@ -372,10 +384,11 @@ mod tests {
         let metrics = Arc::new(Metrics::new("9.9.9"));
         let scrapes = Arc::new(AtomicU64::new(0));
         let counted = scrapes.clone();
+        let refreshed = Arc::clone(&metrics);
         let state = HttpState::new(Health::new(DEFAULT_LIVENESS_BOUND, &[]), metrics).with_refresh(
-            Arc::new(move |m: &Metrics| {
+            Arc::new(move || {
                 let n = counted.fetch_add(1, Ordering::Relaxed) + 1;
-                m.set_k8s_events_suppressed(n);
+                refreshed.set_k8s_events_suppressed(n);
             }),
         );
         let (addr, stop, task) = start(state).await;

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::{
     error::{Error, Result},
     http::{self, Check, Health, HttpState},
-    metrics::Metrics,
+    metrics::{CollectorTotals, LearnerMetrics},
 };
 
 /// How the learner service runs.
@@ -160,13 +160,7 @@ pub async fn serve(
         &[]
     };
     let health = Health::new(Duration::from_secs(30), required);
-    if let Some(addr) = config.http {
-        let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
-        let state = HttpState::new(health.clone(), metrics);
-        http::spawn(addr, state)
-            .await
-            .map_err(|e| Error::Http(Box::new(e)))?;
-    }
+    let metrics = Arc::new(LearnerMetrics::new(env!("CARGO_PKG_VERSION")));
     let store = Store::open(&config.store).map_err(|e| Error::Learner(Box::new(e)))?;
     let store = Arc::new(Mutex::new(store));
     let (client, mut watch) = if config.kubernetes {
@@ -191,6 +185,23 @@ pub async fn serve(
         CollectorConfig::default(),
     );
     let service = collector.clone().into_service();
+    if let Some(addr) = config.http {
+        let (scraped, stats) = (Arc::clone(&metrics), collector.clone());
+        let refresh = Arc::new(move || {
+            let s = stats.stats();
+            scraped.set_collector(CollectorTotals {
+                accepted: s.accepted,
+                duplicates: s.duplicates,
+                sink_errors: s.sink_errors,
+                streams: s.streams,
+                sessions: s.sessions as u64,
+            });
+        });
+        let state = HttpState::new(health.clone(), Arc::clone(&metrics) as _).with_refresh(refresh);
+        http::spawn(addr, state)
+            .await
+            .map_err(|e| Error::Http(Box::new(e)))?;
+    }
     info!(listen = %config.listen, store = %config.store.display(), "learner listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut grpc_stopped = stopped.clone();
@@ -216,10 +227,13 @@ pub async fn serve(
                     (None, None) => Ok(Cluster::default()),
                 };
                 let proposed = match cluster {
-                    Ok(cluster) => propose_now(&config, &store, cluster, client.as_ref()).await,
+                    Ok(cluster) => {
+                        propose_now(&config, &store, cluster, client.as_ref(), &metrics).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = proposed {
+                    metrics.not_proposed("failed");
                     warn!(error = %crate::error::chain(&e), "no proposal this time");
                 }
             }
@@ -255,6 +269,7 @@ async fn propose_now(
     store: &Arc<Mutex<Store>>,
     cluster: Cluster,
     client: Option<&kube::Client>,
+    metrics: &LearnerMetrics,
 ) -> Result<()> {
     let (proposal, stable) = {
         let store = Arc::clone(store);
@@ -263,7 +278,11 @@ async fn propose_now(
             .await
             .map_err(|e| Error::Grpc(Box::new(e)))??
     };
-    let (Some(proposal), Some(client)) = (proposal, client) else {
+    match &proposal {
+        Some((proposal, rules)) => metrics.proposed(*rules, proposal.policies.len()),
+        None => metrics.not_proposed("empty"),
+    }
+    let (Some((proposal, _)), Some(client)) = (proposal, client) else {
         return Ok(());
     };
     let options = ResourceOptions {
@@ -286,14 +305,14 @@ async fn propose_now(
     Ok(())
 }
 
-/// The proposal (`None` while nothing is learned: an empty baseline, after a lost store
-/// say, must not delete every published baseline) written as files, and whether the
-/// baseline is stable.
+/// The proposal and the rules it came from (`None` while nothing is learned: an empty
+/// baseline, after a lost store say, must not delete every published baseline) written as
+/// files, and whether the baseline is stable.
 fn propose_files(
     config: &LearnerServiceConfig,
     store: &Mutex<Store>,
     cluster: &Cluster,
-) -> Result<(Option<propose::Proposal>, bool)> {
+) -> Result<(Option<(propose::Proposal, usize)>, bool)> {
     let baseline = {
         let store = store.lock().unwrap_or_else(|e| e.into_inner());
         store
@@ -318,7 +337,7 @@ fn propose_files(
         "proposal written"
     );
     let stable = baseline.is_stable(SystemTime::now(), config.stable_after);
-    Ok((Some(proposal), stable))
+    Ok((Some((proposal, baseline.len())), stable))
 }
 
 #[cfg(test)]

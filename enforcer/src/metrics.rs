@@ -485,6 +485,125 @@ impl Metrics {
     }
 }
 
+/// The learner service's metrics (`palisade learn serve`): what agents streamed to it and
+/// what it proposed.
+pub struct LearnerMetrics {
+    registry: Registry,
+    batches: Family<OutcomeLabels, Counter>,
+    streams: Counter,
+    sessions: Gauge,
+    proposals: Family<OutcomeLabels, Counter>,
+    rules: Gauge,
+    policies: Gauge,
+}
+
+/// The collector's own totals, as `flow_stream::CollectorStats` counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CollectorTotals {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub sink_errors: u64,
+    pub streams: u64,
+    pub sessions: u64,
+}
+
+impl LearnerMetrics {
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        registry.register(
+            "build",
+            "The learner's version",
+            Info::new(VersionLabels {
+                version: version.to_owned(),
+            }),
+        );
+        let batches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "learner_batches",
+            "Agents' batches by outcome: accepted (stored), duplicate (sent again after a \
+             lost ack; acked, not stored twice) or sink_error (not stored, not acked)",
+            batches.clone(),
+        );
+        let streams = Counter::default();
+        registry.register("learner_streams", "Agent streams opened", streams.clone());
+        let sessions = Gauge::default();
+        registry.register(
+            "learner_sessions",
+            "Agent sessions the collector remembers",
+            sessions.clone(),
+        );
+        let proposals = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "learner_proposals",
+            "Proposals by outcome: written, empty (nothing learned yet) or failed",
+            proposals.clone(),
+        );
+        let rules = Gauge::default();
+        registry.register(
+            "learner_rules",
+            "Rules in the baseline at the last proposal",
+            rules.clone(),
+        );
+        let policies = Gauge::default();
+        registry.register(
+            "learner_policies",
+            "Policies in the last proposal",
+            policies.clone(),
+        );
+        Self {
+            registry,
+            batches,
+            streams,
+            sessions,
+            proposals,
+            rules,
+            policies,
+        }
+    }
+
+    /// The collector's totals (set, not added: it counts them itself).
+    pub fn set_collector(&self, totals: CollectorTotals) {
+        for (outcome, total) in [
+            ("accepted", totals.accepted),
+            ("duplicate", totals.duplicates),
+            ("sink_error", totals.sink_errors),
+        ] {
+            store(
+                &self.batches.get_or_create(&OutcomeLabels { outcome }),
+                total,
+            );
+        }
+        store(&self.streams, totals.streams);
+        self.sessions.set(gauge_value(totals.sessions));
+    }
+
+    /// A proposal was written from `rules` rules as `policies` policies.
+    pub fn proposed(&self, rules: usize, policies: usize) {
+        self.proposals
+            .get_or_create(&OutcomeLabels { outcome: "written" })
+            .inc();
+        self.rules.set(gauge_value(rules as u64));
+        self.policies.set(gauge_value(policies as u64));
+    }
+
+    /// A proposal was not made: `empty` (nothing learned) or `failed`.
+    pub fn not_proposed(&self, outcome: &'static str) {
+        self.proposals
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
+
+impl crate::http::Exposition for LearnerMetrics {
+    fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = encode(&mut text, &self.registry) {
+            debug!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}
+
 /// Read the per-CPU counters and map fill levels from the pinned datapath.
 ///
 /// Counting a map's entries walks its keys, one syscall each: cheap for the endpoint,
@@ -769,6 +888,51 @@ mod tests {
         assert_eq!(
             samples(&text, "palisade_datapath_packets_by_class_total").len(),
             5
+        );
+    }
+
+    #[test]
+    fn the_learners_collector_and_proposals_are_reflected() {
+        use crate::http::Exposition as _;
+        let m = LearnerMetrics::new("1.2.3");
+        m.set_collector(CollectorTotals {
+            accepted: 7,
+            duplicates: 2,
+            sink_errors: 1,
+            streams: 3,
+            sessions: 2,
+        });
+        // Set again, not added: the collector counts them itself.
+        m.set_collector(CollectorTotals {
+            accepted: 8,
+            duplicates: 2,
+            sink_errors: 1,
+            streams: 3,
+            sessions: 2,
+        });
+        m.proposed(120, 14);
+        m.not_proposed("empty");
+        let text = m.encode();
+        for line in [
+            r#"palisade_learner_batches_total{outcome="accepted"} 8"#,
+            r#"palisade_learner_batches_total{outcome="duplicate"} 2"#,
+            r#"palisade_learner_batches_total{outcome="sink_error"} 1"#,
+            "palisade_learner_streams_total 3",
+            "palisade_learner_sessions 2",
+            r#"palisade_learner_proposals_total{outcome="written"} 1"#,
+            r#"palisade_learner_proposals_total{outcome="empty"} 1"#,
+            "palisade_learner_rules 120",
+            "palisade_learner_policies 14",
+            r#"palisade_build_info{version="1.2.3"} 1"#,
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("palisade_flows_total"),
+            "no agent families in the learner's"
         );
     }
 

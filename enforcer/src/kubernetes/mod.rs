@@ -70,8 +70,9 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
     let health = Health::new(Duration::from_secs(30), &Check::ALL);
     if let Some(addr) = config.http {
-        let state = HttpState::new(health.clone(), Arc::clone(&metrics))
-            .with_refresh(sink::datapath_refresh(config.pins.clone()));
+        let state = HttpState::new(health.clone(), Arc::clone(&metrics) as _).with_refresh(
+            sink::datapath_refresh(config.pins.clone(), Arc::clone(&metrics)),
+        );
         http::spawn(addr, state)
             .await
             .map_err(|e| Error::Http(Box::new(e)))?;

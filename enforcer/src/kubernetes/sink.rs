@@ -188,9 +188,9 @@ fn denied_connection(record: &FlowRecord) -> Option<DeniedConnection> {
 /// Refresh the datapath's counters and map fill levels when `/metrics` is scraped. The
 /// connection table is walked at most once per [`CONNTRACK_WALK_EVERY`]: its fill level is
 /// the one read that costs (one syscall per entry).
-pub fn datapath_refresh(pins: Pins) -> Refresh {
+pub fn datapath_refresh(pins: Pins, m: Arc<Metrics>) -> Refresh {
     let last_walk = std::sync::Mutex::new(None::<(Instant, u64)>);
-    Arc::new(move |m: &Metrics| {
+    Arc::new(move || {
         let mut last = last_walk.lock().unwrap_or_else(|e| e.into_inner());
         let known = last
             .filter(|(at, _)| at.elapsed() < CONNTRACK_WALK_EVERY)
@@ -214,3 +214,51 @@ pub fn datapath_refresh(pins: Pins) -> Refresh {
 
 /// How often a scrape may walk the connection table.
 pub const CONNTRACK_WALK_EVERY: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(verdict: &str, kind: &str, remote: &str) -> FlowRecord {
+        serde_json::from_str(&format!(
+            r#"{{"time":"2026-11-28T10:00:00Z","kind":"{kind}","interface":"pl-x","ifindex":3,
+                "endpoint":3,"direction":"egress","protocol":"tcp",
+                "local":{{"ip":"10.244.1.4","port":40000,"pod":"shop/late"}},
+                "remote":{remote},"verdict":"{verdict}","mode":"enforce"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_denied_new_connection_is_an_event_about_the_local_pod_and_the_server_port() {
+        let denied = denied_connection(&record(
+            "deny",
+            "new",
+            r#"{"ip":"10.244.1.3","port":8080,"pod":"shop/server-1","workload":"shop/Deployment/server"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (denied.pod.namespace.as_str(), denied.pod.name.as_str()),
+            ("shop", "late")
+        );
+        assert_eq!(denied.peer, "workload shop/Deployment/server (10.244.1.3)");
+        assert_eq!(denied.port, Some(8080));
+        assert!(denied.enforced);
+
+        let external = denied_connection(&record(
+            "would-deny",
+            "new",
+            r#"{"ip":"203.0.113.7","port":443,"dns_name":"evil.example.org"}"#,
+        ))
+        .unwrap();
+        assert_eq!(external.peer, "203.0.113.7 (evil.example.org)");
+        assert!(!external.enforced, "monitor mode only records it");
+    }
+
+    #[test]
+    fn allowed_connections_and_counters_are_not_events() {
+        let remote = r#"{"ip":"10.244.1.3","port":8080}"#;
+        assert!(denied_connection(&record("allow", "new", remote)).is_none());
+        assert!(denied_connection(&record("deny", "stats", remote)).is_none());
+    }
+}
