@@ -109,8 +109,13 @@ fn request(env: &CniEnv, command: Command, settings: &Settings, found: Attachmen
     request
 }
 
-/// ADD: wait until the agent has programmed the endpoint, then pass the previous result on.
-fn add(env: &CniEnv, conf: &NetConf, diagnostics: &mut Vec<String>) -> Result<String> {
+/// What ADD and CHECK both need: the sandbox named in full by the runtime, the plugin's
+/// settings, and the previous plugin's result (a chained plugin has one).
+fn chained<'a>(
+    env: &CniEnv,
+    conf: &'a NetConf,
+    command: &'static str,
+) -> Result<(Settings, &'a serde_json::Value)> {
     CniEnv::require(&env.container_id, "CNI_CONTAINERID")?;
     CniEnv::require(&env.netns, "CNI_NETNS")?;
     CniEnv::require(&env.ifname, "CNI_IFNAME")?;
@@ -118,7 +123,13 @@ fn add(env: &CniEnv, conf: &NetConf, diagnostics: &mut Vec<String>) -> Result<St
     let prev = conf
         .prev_result
         .as_ref()
-        .ok_or(Error::NotChained { command: "ADD" })?;
+        .ok_or(Error::NotChained { command })?;
+    Ok((settings, prev))
+}
+
+/// ADD: wait until the agent has programmed the endpoint, then pass the previous result on.
+fn add(env: &CniEnv, conf: &NetConf, diagnostics: &mut Vec<String>) -> Result<String> {
+    let (settings, prev) = chained(env, conf, "ADD")?;
     let mut result = prev
         .as_object()
         .cloned()
@@ -193,14 +204,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
             needs: "0.4.0",
         });
     }
-    CniEnv::require(&env.container_id, "CNI_CONTAINERID")?;
-    CniEnv::require(&env.netns, "CNI_NETNS")?;
-    CniEnv::require(&env.ifname, "CNI_IFNAME")?;
-    let settings = conf.settings()?;
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or(Error::NotChained { command: "CHECK" })?;
+    let (settings, prev) = chained(env, conf, "CHECK")?;
     let request = request(env, Command::Check, &settings, attachment(prev)?);
     client::call(&settings.socket, &request, settings.timeout).map(|_| ())
 }

@@ -223,7 +223,7 @@ pub async fn serve(
             _ = ticker.tick() => {
                 let cluster = match (&watch, &config.cluster) {
                     (Some(w), _) => Ok(w.snapshot(&ModeDefaults { mode: Mode::Learn }).cluster),
-                    (None, Some(path)) => read_cluster(path),
+                    (None, Some(path)) => crate::policy_source::load_cluster(path),
                     (None, None) => Ok(Cluster::default()),
                 };
                 let proposed = match cluster {
@@ -249,16 +249,6 @@ pub async fn serve(
         Ok(Err(e)) => Err(Error::Grpc(Box::new(e))),
         Err(e) => Err(Error::Grpc(Box::new(e))),
     }
-}
-
-fn read_cluster(path: &std::path::Path) -> Result<Cluster> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    serde_json::from_str(&text)
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Propose from the whole baseline: files always, custom resources when in a cluster. The

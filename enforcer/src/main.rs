@@ -339,7 +339,13 @@ fn main() -> Result<()> {
                     http: kube.http,
                     learner: kube.learner_url,
                     deny_events: kube.deny_events,
-                    output: output.map(|path| (path, output_format.into())),
+                    output: match output {
+                        Some(path) => {
+                            check_output_format(&path, output_format.into())?;
+                            Some((path, output_format.into()))
+                        }
+                        None => None,
+                    },
                     stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
                     sizing: datapath::Sizing { conntrack_max },
                 };

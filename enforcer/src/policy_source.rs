@@ -420,7 +420,8 @@ fn desired_for(
     Ok((desired, compiled))
 }
 
-fn load_cluster(path: &Path) -> Result<Cluster> {
+/// A cluster file (`model::netpol::cluster::Cluster` as JSON).
+pub(crate) fn load_cluster(path: &Path) -> Result<Cluster> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,

@@ -707,8 +707,8 @@ async fn a_bad_network_policy_edit_keeps_the_last_good_one_and_is_reported() {
     );
 }
 
-#[tokio::test]
-async fn a_change_seen_by_a_cancelled_changed_call_is_reported_by_the_next() {
+/// A watch with a 300 ms settle time that has just seen one pod added, not yet reported.
+async fn one_pod_to_report() -> (ApiServer, ClusterWatch) {
     let (server, client) = ApiServer::start();
     let mut watch = watching(client).await;
     watch.set_settle(Duration::from_millis(300));
@@ -717,6 +717,12 @@ async fn a_change_seen_by_a_cancelled_changed_call_is_reported_by_the_next() {
         pod("shop", "api-1", "node-a", &["10.244.1.7"], json!({})),
     );
     server.delivered(PODS, server.version()).await;
+    (server, watch)
+}
+
+#[tokio::test]
+async fn a_change_seen_by_a_cancelled_changed_call_is_reported_by_the_next() {
+    let (_server, mut watch) = one_pod_to_report().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Dropped while settling, as a `select!` arm that lost would be.
     assert!(
@@ -733,14 +739,7 @@ async fn a_change_seen_by_a_cancelled_changed_call_is_reported_by_the_next() {
 
 #[tokio::test]
 async fn a_caller_that_keeps_cancelling_changed_is_not_starved() {
-    let (server, client) = ApiServer::start();
-    let mut watch = watching(client).await;
-    watch.set_settle(Duration::from_millis(300));
-    server.apply(
-        PODS,
-        pod("shop", "api-1", "node-a", &["10.244.1.7"], json!({})),
-    );
-    server.delivered(PODS, server.version()).await;
+    let (_server, mut watch) = one_pod_to_report().await;
     // An agent loop whose other arms win every 100 ms: each call is dropped before a
     // fresh 300 ms settle could end, yet the settle time keeps running across calls.
     let started = tokio::time::Instant::now();
