@@ -68,17 +68,9 @@ pub struct KubeControl {
     orphans: BTreeMap<u32, Option<EndpointInfo>>,
     /// ADDs answered after the next policy reload.
     pending: Vec<(CniRequest, PodKey)>,
-    /// What was last reported about the mirror, so it is reported once per change.
-    reported: Reported,
     metrics: Arc<Metrics>,
     health: Health,
     tick: tokio::time::Interval,
-}
-
-#[derive(Default)]
-struct Reported {
-    refused: Vec<k8s::watch::Refused>,
-    invalid_modes: Vec<k8s::modes::InvalidMode>,
 }
 
 /// What the control is made of (built by [`super::run`]).
@@ -110,17 +102,18 @@ impl KubeControl {
             attached: BTreeMap::new(),
             orphans: BTreeMap::new(),
             pending: Vec::new(),
-            reported: Reported::default(),
             metrics: parts.metrics,
             health: parts.health,
             tick,
         })
     }
 
-    /// Take the mirror in and report what it refuses, once per change.
+    /// Take the mirror in and report what it refuses, once per change (against the
+    /// snapshot it replaces).
     fn take_snapshot(&mut self) {
         let snapshot: Snapshot = self.watch.snapshot(self.view.defaults());
-        if snapshot.refused != self.reported.refused {
+        let previous = self.view.snapshot();
+        if previous.is_none_or(|p| p.refused != snapshot.refused) {
             for refused in &snapshot.refused {
                 warn!(
                     policy = %refused.policy,
@@ -129,13 +122,11 @@ impl KubeControl {
                     "NetworkPolicy not enforced"
                 );
             }
-            self.reported.refused = snapshot.refused.clone();
         }
-        if snapshot.invalid_modes != self.reported.invalid_modes {
+        if previous.is_none_or(|p| p.invalid_modes != snapshot.invalid_modes) {
             for invalid in &snapshot.invalid_modes {
                 warn!(%invalid, "palisade.io/mode value ignored");
             }
-            self.reported.invalid_modes = snapshot.invalid_modes.clone();
         }
         self.metrics
             .set_network_policies_refused(snapshot.refused.len() as u64);
